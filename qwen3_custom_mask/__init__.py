@@ -1,0 +1,30 @@
+"""qwen3-custom-mask: Qwen3 with any attention mask you can write as a function.
+
+    from qwen3_custom_mask import CustomQwen3ForCausalLM, register_mask, available_masks
+"""
+
+from .configuration import CustomQwen3Config
+from .modeling import CustomQwen3ForCausalLM
+from .registry import (
+    ENTRY_POINT_GROUP,
+    MaskStrategy,
+    available_masks,
+    get_mask,
+    register_mask,
+    resolve_strategy,
+    unregister_mask,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CustomQwen3Config",
+    "CustomQwen3ForCausalLM",
+    "ENTRY_POINT_GROUP",
+    "MaskStrategy",
+    "available_masks",
+    "get_mask",
+    "register_mask",
+    "resolve_strategy",
+    "unregister_mask",
+]

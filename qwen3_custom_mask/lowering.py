@@ -1,0 +1,119 @@
+"""Lowering: one mask_mod becomes the mask each attention backend wants.
+
+All builders take the same window of absolute positions: queries ``q_offset .. q_offset + q_length - 1``
+against keys ``kv_offset .. kv_offset + kv_length - 1`` (during cached decoding ``q_length`` is the number of
+new tokens, so only the new rows are built), and a 2D ``padding_mask`` (batch, >= kv_offset + kv_length),
+True for real tokens, that is ANDed on the key axis.
+
+| backend            | what it gets                                                     |
+|--------------------|------------------------------------------------------------------|
+| eager              | float (B, 1|H, Q, K) in the model dtype: 0 or ``finfo(dtype).min`` |
+| sdpa               | bool (B, 1|H, Q, K), True = attend                               |
+| flex_attention     | a ``BlockMask`` over (B, 1|H, Q, K), built once per forward       |
+| flash_attention_*  | the 2D padding mask plus kwargs (``is_causal``, ``sliding_window``) |
+
+The head axis is 1 unless the mask_mod reads ``head_idx``: the index grids broadcast, so a mask_mod that
+ignores the head returns a tensor whose head axis is 1, and only per-head masks pay for H copies.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import MaskMod
+
+FLASH_BACKENDS = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+DENSE_BACKENDS = ("eager", "sdpa")
+
+
+def _grids(batch_size: int, num_heads: int, q_offset: int, q_length: int, kv_offset: int, kv_length: int, device):
+    """Index tensors shaped to broadcast to (B, H, Q, K)."""
+    b = torch.arange(batch_size, device=device).view(-1, 1, 1, 1)
+    h = torch.arange(num_heads, device=device).view(1, -1, 1, 1)
+    q = (torch.arange(q_length, device=device) + q_offset).view(1, 1, -1, 1)
+    kv = (torch.arange(kv_length, device=device) + kv_offset).view(1, 1, 1, -1)
+    return b, h, q, kv
+
+
+def reads_head(mask_mod: MaskMod, num_heads: int, device) -> bool:
+    """Whether the mask depends on ``head_idx``, read off the broadcast shape of a 1x1 probe."""
+    if num_heads == 1:
+        return False
+    out = mask_mod(*_grids(1, num_heads, 0, 1, 0, 1, device))
+    return out.dim() == 4 and out.shape[1] > 1
+
+
+def dense_mask(
+    mask_mod: MaskMod,
+    *,
+    batch_size: int,
+    num_heads: int,
+    q_offset: int,
+    q_length: int,
+    kv_offset: int,
+    kv_length: int,
+    padding_mask: torch.Tensor,
+    device,
+) -> torch.Tensor:
+    """Bool (B, 1|H, Q, K): ``mask_mod`` evaluated element by element through broadcasting, AND padding."""
+    grids = _grids(batch_size, num_heads, q_offset, q_length, kv_offset, kv_length, device)
+    mask = torch.as_tensor(mask_mod(*grids), device=device)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"A mask_mod must return a bool tensor, got dtype {mask.dtype} from {mask_mod}.")
+    heads = num_heads if mask.dim() == 4 and mask.shape[1] > 1 else 1
+    keys = padding_mask[:, kv_offset : kv_offset + kv_length].view(batch_size, 1, 1, kv_length)
+    return mask.expand(batch_size, heads, q_length, kv_length) & keys
+
+
+def eager_float_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask for eager attention: 0 where attended, ``finfo(dtype).min`` elsewhere.
+
+    The dtype's minimum rather than -inf keeps a fully masked row finite (softmax of equal values), never NaN.
+    """
+    return torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device), torch.finfo(dtype).min)
+
+
+def block_mask(
+    mask_mod: MaskMod,
+    *,
+    batch_size: int,
+    num_heads: int,
+    q_offset: int,
+    q_length: int,
+    kv_offset: int,
+    kv_length: int,
+    padding_mask: torch.Tensor,
+    device,
+):
+    """A flex_attention ``BlockMask``; blocks with no visible key are skipped by the kernel."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def shifted(b, h, q_idx, kv_idx):
+        # BlockMask indices start at 0; ours are absolute positions.
+        kv = kv_idx + kv_offset
+        return mask_mod(b, h, q_idx + q_offset, kv) & padding_mask[b, kv]
+
+    heads = num_heads if reads_head(mask_mod, num_heads, device) else None
+    return create_block_mask(
+        shifted,
+        B=batch_size,
+        H=heads,
+        Q_LEN=q_length,
+        KV_LEN=kv_length,
+        device=device,
+        # Compiling the builder avoids materialising (B, H, Q, K) on GPU; on CPU it would only add compile time.
+        _compile=torch.device(device).type == "cuda",
+    )
+
+
+def lower(backend: str, mask_mod: MaskMod, *, dtype: torch.dtype, **window) -> torch.Tensor:
+    """The mask for ``backend`` (see the table above); ``window`` holds the sizes, padding and device."""
+    if backend == "flex_attention":
+        return block_mask(mask_mod, **window)
+    if backend not in DENSE_BACKENDS:
+        raise ValueError(
+            f"qwen3_custom_mask cannot lower a custom mask to attn_implementation={backend!r}; "
+            f"supported: eager, sdpa, flex_attention, and {', '.join(FLASH_BACKENDS)} for the masks flash can express."
+        )
+    mask = dense_mask(mask_mod, **window)
+    return eager_float_mask(mask, dtype) if backend == "eager" else mask

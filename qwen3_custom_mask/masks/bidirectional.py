@@ -1,0 +1,22 @@
+"""Bidirectional: every token sees every other token (LLM2Vec-style encoders, embeddings).
+
+    q\\kv 0 1 2 3 4
+      0   ■ ■ ■ ■ ■
+      1   ■ ■ ■ ■ ■
+      2   ■ ■ ■ ■ ■
+      3   ■ ■ ■ ■ ■
+      4   ■ ■ ■ ■ ■
+
+Earlier tokens see later ones, so a KV cache built at prefill cannot honour it: generate() refuses it
+unless ``use_cache=False``.
+"""
+
+from transformers.masking_utils import bidirectional_mask_function
+
+from ..registry import register_mask
+
+
+@register_mask("bidirectional", flash=lambda: {"is_causal": False})
+def bidirectional():
+    """Every token attends to every non-padding token (encoder / embedding use)."""
+    return bidirectional_mask_function

@@ -1,0 +1,19 @@
+"""Causal: each token sees itself and every earlier token. The default, and exactly the stock Qwen3 mask.
+
+    q\\kv 0 1 2 3 4
+      0   ■ ⬚ ⬚ ⬚ ⬚
+      1   ■ ■ ⬚ ⬚ ⬚
+      2   ■ ■ ■ ⬚ ⬚
+      3   ■ ■ ■ ■ ⬚
+      4   ■ ■ ■ ■ ■
+"""
+
+from transformers.masking_utils import causal_mask_function
+
+from ..registry import register_mask
+
+
+@register_mask("causal", flash=lambda: {})
+def causal():
+    """Each token attends to itself and all earlier tokens (stock Qwen3)."""
+    return causal_mask_function

@@ -1,0 +1,48 @@
+"""Prefix-LM: bidirectional inside a per-sample prefix, causal after it (T5/UniLM-style, prompt-then-answer).
+
+``prefix_lengths=[3]``:
+
+    q\\kv 0 1 2 3 4
+      0   ■ ■ ■ ⬚ ⬚
+      1   ■ ■ ■ ⬚ ⬚
+      2   ■ ■ ■ ⬚ ⬚
+      3   ■ ■ ■ ■ ⬚
+      4   ■ ■ ■ ■ ■
+
+``prefix_lengths`` (batch,) counts real tokens: with left padding the prefix starts at the first real token.
+Cache-consistent as long as the prefix lies inside the prompt, so generate() honours it.
+"""
+
+import torch
+
+from ._checks import per_sample_lengths
+from ..registry import register_mask
+
+
+@register_mask("prefix_lm", inputs=("prefix_lengths",))
+def prefix_lm(prefix_lengths=None, padding_mask: torch.Tensor | None = None):
+    """Bidirectional within the first `prefix_lengths[b]` tokens of each sample, causal after them."""
+    lengths = per_sample_lengths("prefix_lm", "prefix_lengths", prefix_lengths)
+    if padding_mask is not None:
+        lengths = lengths.to(padding_mask.device)
+        if lengths.shape[0] != padding_mask.shape[0]:
+            raise ValueError(
+                f"prefix_lm: prefix_lengths must have shape (batch,) = ({padding_mask.shape[0]},), "
+                f"got {tuple(lengths.shape)}."
+            )
+        real_tokens = padding_mask.sum(-1)
+        if (lengths > real_tokens).any():
+            raise ValueError(
+                f"prefix_lm: prefix_lengths {lengths.tolist()} exceed the number of tokens in each sample "
+                f"{real_tokens.tolist()}; a prefix must lie inside its sequence."
+            )
+        # Left padding shifts where each sample starts.
+        prefix_end = padding_mask.int().argmax(-1) + lengths
+    else:
+        prefix_end = lengths
+
+    def mask_mod(batch_idx, head_idx, q_idx, kv_idx):
+        end = prefix_end[batch_idx]
+        return (kv_idx <= q_idx) | ((q_idx < end) & (kv_idx < end))
+
+    return mask_mod

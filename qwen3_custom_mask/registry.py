@@ -1,0 +1,220 @@
+"""The strategy registry: a plain dict from name to mask factory, filled by ``@register_mask``.
+
+A *strategy* is a factory of keyword parameters that returns a FlexAttention-style ``mask_mod``::
+
+    mask_mod(batch_idx, head_idx, q_idx, kv_idx) -> bool tensor   # True = the query may attend to the key
+
+over absolute positions (position 0 is the first token of the row, padding included). The indices are
+integer tensors that broadcast against each other, so a mask_mod written with tensor operations works for
+every backend: dense masks call it once on broadcast index grids, flex_attention calls it under vmap.
+
+A spec names a strategy and its parameters: ``"prefix_lm"`` or ``{"name": "sliding_window", "window": 256}``.
+`resolve_strategy` turns a spec into a `MaskStrategy`, checking the parameters against the factory's signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+ENTRY_POINT_GROUP = "qwen3_custom_mask.masks"
+
+
+class UnknownMaskError(KeyError, ValueError):
+    """No strategy of that name is registered (a KeyError for lookups, a ValueError for bad specs)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class MaskEntry:
+    """One registered strategy.
+
+    inputs: names of per-call tensors the factory takes from ``forward(**inputs)`` / ``generate(**inputs)``
+        (e.g. ``prefix_lengths``); they are not part of the saved spec.
+    flash: for flash-attention, a function of the strategy parameters returning the kwargs that express the
+        mask (``{}`` causal, ``{"is_causal": False}``, ``{"sliding_window": w}``); None if flash cannot.
+    """
+
+    name: str
+    factory: Callable[..., MaskMod]
+    inputs: tuple[str, ...] = ()
+    flash: Callable[..., dict] | None = None
+
+    @property
+    def doc(self) -> str:
+        """First line of the factory's docstring."""
+        return (inspect.getdoc(self.factory) or "").split("\n", 1)[0]
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """Static (saved) parameters with their defaults (`inspect.Parameter.empty` when required)."""
+        return {
+            name: p.default
+            for name, p in inspect.signature(self.factory).parameters.items()
+            if name not in self.inputs and name not in CONTEXT_ARGS
+        }
+
+
+# Arguments the model glue fills in itself when a factory asks for them by name.
+CONTEXT_ARGS = ("padding_mask",)
+
+_MASKS: dict[str, MaskEntry] = {}
+_entry_points_loaded = False
+
+
+def register_mask(
+    name: str,
+    *,
+    inputs: tuple[str, ...] = (),
+    flash: Callable[..., dict] | None = None,
+    replace: bool = False,
+) -> Callable[[Callable[..., MaskMod]], Callable[..., MaskMod]]:
+    """Decorator that registers a mask factory under ``name``.
+
+    >>> @register_mask("my_window")
+    ... def my_window(window: int = 4):
+    ...     def mask_mod(b, h, q_idx, kv_idx):
+    ...         return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+    ...     return mask_mod
+
+    Registering a taken name raises unless ``replace=True``. A model that already resolved the old
+    factory keeps it: replacing or removing an entry never changes a built model.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"Mask name must be a Python identifier such as 'my_window', got {name!r}.")
+    inputs = tuple(inputs)
+
+    def decorator(factory: Callable[..., MaskMod]) -> Callable[..., MaskMod]:
+        if not callable(factory):
+            raise TypeError(f"register_mask({name!r}) decorates a factory function, got {type(factory).__name__}.")
+        if name in _MASKS and not replace:
+            raise ValueError(
+                f"A mask strategy named {name!r} is already registered ({_MASKS[name].factory.__module__}). "
+                f"Pick another name, or pass replace=True to override it."
+            )
+        signature = inspect.signature(factory).parameters
+        missing = [i for i in inputs if i not in signature]
+        if missing:
+            raise TypeError(f"Mask factory {name!r} declares inputs {missing} that are not parameters of {factory}.")
+        _MASKS[name] = MaskEntry(name, factory, inputs, flash)
+        return factory
+
+    return decorator
+
+
+def unregister_mask(name: str) -> None:
+    """Removes a strategy from the registry (models built with it keep working)."""
+    get_mask(name)
+    del _MASKS[name]
+
+
+def _load_entry_points() -> None:
+    """Imports third-party strategies declared under the ``qwen3_custom_mask.masks`` entry-point group.
+
+    An entry point may name a module (importing it runs its ``@register_mask`` decorators) or a factory
+    (registered under the entry point's name).
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as err:  # a broken plugin must not break the built-in strategies
+            logger.warning("Could not load mask plugin %r (%s): %s", ep.name, ep.value, err)
+            continue
+        if callable(obj) and not inspect.ismodule(obj) and ep.name not in _MASKS:
+            register_mask(ep.name)(obj)
+
+
+def available_masks() -> list[str]:
+    """Sorted names of every registered strategy, plugins included."""
+    _load_entry_points()
+    return sorted(_MASKS)
+
+
+def get_mask(name: str) -> MaskEntry:
+    """The registry entry for ``name``; the error lists the known names."""
+    if name not in _MASKS:
+        _load_entry_points()
+    if name not in _MASKS:
+        raise UnknownMaskError(
+            f"Unknown mask strategy {name!r}. Known strategies: {', '.join(available_masks())}. "
+            f"Register your own with @qwen3_custom_mask.register_mask({name!r}), or install the package that "
+            f"provides it (it registers through the {ENTRY_POINT_GROUP!r} entry-point group)."
+        )
+    return _MASKS[name]
+
+
+@dataclass(frozen=True)
+class MaskStrategy:
+    """A resolved spec: the registry entry captured at resolve time plus validated static parameters."""
+
+    entry: MaskEntry
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form saved in ``config.json``: ``{"name": ..., **params}``."""
+        return {"name": self.name, **self.params}
+
+    def mask_mod(self, **inputs: Any) -> MaskMod:
+        """Builds the mask_mod, passing per-call inputs (and context args) the factory asks for."""
+        wanted = inspect.signature(self.entry.factory).parameters
+        return self.entry.factory(**self.params, **{k: v for k, v in inputs.items() if k in wanted})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"MaskStrategy({self.name}({args}))"
+
+
+def resolve_strategy(spec: str | Mapping[str, Any] | MaskStrategy | None) -> MaskStrategy:
+    """Turns ``"name"`` / ``{"name": ..., **params}`` / a MaskStrategy / None (causal) into a MaskStrategy.
+
+    Unknown or missing parameters raise a TypeError naming the accepted ones; a factory that needs no
+    per-call inputs is called once here so that bad values (e.g. ``window=-1``) fail now, not mid-forward.
+    """
+    if spec is None:
+        spec = "causal"
+    if isinstance(spec, MaskStrategy):
+        return spec
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise TypeError(
+            f"A mask strategy spec is a name such as 'prefix_lm' or a dict such as "
+            f"{{'name': 'sliding_window', 'window': 256}}; got {spec!r}."
+        )
+    params = {k: v for k, v in spec.items() if k != "name"}
+    entry = get_mask(spec["name"])
+    accepted = entry.parameters
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        hint = f"it takes: {', '.join(accepted)}" if accepted else "it takes no parameters"
+        inputs = [k for k in unknown if k in entry.inputs]
+        if inputs:
+            hint += f"; {inputs} are per-call inputs: pass them to forward()/generate()"
+        raise TypeError(f"Unknown parameter(s) {unknown} for mask strategy {entry.name!r}: {hint}.")
+    missing = [k for k, default in accepted.items() if default is inspect.Parameter.empty and k not in params]
+    if missing:
+        raise TypeError(f"Mask strategy {entry.name!r} needs parameter(s) {missing}.")
+    strategy = MaskStrategy(entry, dict(params))
+    if not entry.inputs:
+        strategy.mask_mod()  # validates the values now
+    return strategy
