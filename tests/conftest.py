@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny Qwen3 checkpoints written with save_pretrained and loaded through from_pretrained."""
+
+import pytest
+import torch
+from transformers.utils import logging as hf_logging
+
+from qwen3_custom_mask import CustomQwen3ForCausalLM
+from qwen3_custom_mask.tiny import save_tiny_checkpoint
+
+# torch 2.13's CPU inductor miscompiles flex_attention once it recompiles with dynamic shapes
+# (C++ error "cur_qSplitSize4 was not declared"); static shapes compile fine. See README, "Known limits".
+torch._dynamo.config.automatic_dynamic_shapes = False
+torch._dynamo.config.recompile_limit = 64
+
+hf_logging.disable_progress_bar()
+
+BACKENDS = ["eager", "sdpa", "flex_attention"]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A stock-layout single-file checkpoint (model_type "qwen3", no mask strategy)."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def sharded_checkpoint(tmp_path_factory):
+    """The same weights, sharded (model.safetensors.index.json + several files)."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen3-sharded"), max_shard_size="50KB")
+
+
+@pytest.fixture(scope="session")
+def models(checkpoint):
+    """One eval-mode CustomQwen3ForCausalLM per backend, loaded once per session (strategy reset per test)."""
+    return {
+        backend: CustomQwen3ForCausalLM.from_pretrained(checkpoint, attn_implementation=backend).eval()
+        for backend in BACKENDS
+    }
+
+
+@pytest.fixture
+def model_for(models):
+    """model_for(backend, strategy) -> the session model with that strategy set."""
+
+    def get(backend, strategy="causal"):
+        model = models[backend]
+        model.set_mask_strategy(strategy)
+        return model
+
+    yield get
+    for model in models.values():
+        model.set_mask_strategy("causal")
+
+
+def left_padded(batch=2, length=12, pads=(3, 0), vocab=250, seed=0):
+    """input_ids, 2D attention_mask and generate-style position_ids for a left-padded batch."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+        ids[row, :pad] = 255
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
