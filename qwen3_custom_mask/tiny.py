@@ -26,7 +26,8 @@ def tiny_qwen3_config(**overrides) -> Qwen3Config:
         head_dim=16,
         max_position_embeddings=512,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        tie_word_embeddings=True,
+        tie_word_embeddings=True,  # as Qwen3-0.6B
+        initializer_range=0.3,  # larger than the 0.02 default so that a random model does not just echo its input
         bos_token_id=254,
         eos_token_id=255,
     )
