@@ -32,6 +32,14 @@ logger = logging.getLogger(__name__)
 _LOOKAHEAD_PROBE = 16
 
 
+def _flash_error(what: str, backend: str) -> str:
+    return (
+        f"The {what} mask cannot be expressed by {backend}, which supports only causal, bidirectional and "
+        f"sliding-window masks (plus padding). Load the model with attn_implementation='sdpa' or "
+        f"'flex_attention' for it."
+    )
+
+
 class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
     """`Qwen3ForCausalLM` whose attention mask comes from a registered strategy (default: ``"causal"``).
 
@@ -59,6 +67,9 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
     def set_mask_strategy(self, spec: str | dict | MaskStrategy | None) -> MaskStrategy:
         """Switches the strategy (a name, ``{"name": ..., **params}``, or None for causal) and records it in the config."""
         strategy = resolve_strategy(spec)
+        backend = self.config._attn_implementation
+        if backend in FLASH_BACKENDS and self._flash_form(strategy) is None:
+            raise ValueError(_flash_error(repr(strategy.name), backend))
         self._mask_strategy = strategy
         self.config.mask_strategy = strategy.to_dict()
         # flash-attention reads the window from each attention module (stock passes `module.sliding_window`).
@@ -201,11 +212,7 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
         if backend in FLASH_BACKENDS:
             if form is None:
                 name = "4D attention_mask" if (is_4d or prompt_mask is not None) else repr(strategy.name)
-                raise ValueError(
-                    f"The {name} mask cannot be expressed by {backend}, which supports only causal, bidirectional and "
-                    f"sliding-window masks (plus padding). Load the model with attn_implementation='sdpa' or "
-                    f"'flex_attention' for it."
-                )
+                raise ValueError(_flash_error(name, backend))
             mask_2d = None if no_padding else padding[:, : q_offset + q_length]
             extra = {k: v for k, v in form.items() if k != "sliding_window"}  # the window is a module attribute
             return {"full_attention": mask_2d, "sliding_attention": mask_2d}, extra

@@ -1,0 +1,139 @@
+"""Bad input: each mistake gets an exception that names the problem and the fix."""
+
+import pytest
+import torch
+
+from qwen3_custom_mask import CustomQwen3ForCausalLM, register_mask, resolve_strategy
+
+from conftest import left_padded
+from test_registry import scratch_names  # noqa: F401  (fixture)
+
+
+def test_unknown_strategy_lists_the_known_ones(checkpoint):
+    with pytest.raises(KeyError, match=r"Unknown mask strategy 'slidng_window'. Known strategies: .*sliding_window"):
+        CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="slidng_window")
+
+
+@pytest.mark.parametrize(
+    "spec,error,match",
+    [
+        ({"name": "sliding_window", "windw": 3}, TypeError, r"Unknown parameter\(s\) \['windw'\].*it takes: window"),
+        ({"name": "causal", "window": 3}, TypeError, "it takes no parameters"),
+        ({"name": "prefix_lm", "prefix_lengths": [3]}, TypeError, "per-call inputs: pass them to forward"),
+        ({"name": "sliding_window", "window": 0}, ValueError, "window must be a positive integer, got 0"),
+        ({"name": "sliding_window", "window": -4}, ValueError, "positive integer"),
+        ({"name": "sliding_window", "window": 2.5}, ValueError, "positive integer"),
+        ({"name": "sliding_window", "window": True}, ValueError, "positive integer"),
+        ({"window": 3}, TypeError, "spec is a name such as 'prefix_lm' or a dict"),
+        (42, TypeError, "spec is a name"),
+    ],
+)
+def test_bad_specs(spec, error, match):
+    with pytest.raises(error, match=match):
+        resolve_strategy(spec)
+
+
+def test_missing_required_parameter(scratch_names):  # noqa: F811
+    register_mask("needs_k")(lambda k: (lambda b, h, q, kv: kv <= q))
+    with pytest.raises(TypeError, match=r"'needs_k' needs parameter\(s\) \['k'\]"):
+        resolve_strategy("needs_k")
+
+
+@pytest.mark.parametrize(
+    "make_mask,error,match",
+    [
+        (lambda: torch.ones(2, 1, 12, 11, dtype=torch.bool), ValueError, r"expected \(batch, 1 or heads, queries, keys\) = \(2, 1 or 4, 12, 12\)"),
+        (lambda: torch.ones(2, 3, 12, 12, dtype=torch.bool), ValueError, r"shape \(2, 3, 12, 12\)"),
+        (lambda: torch.ones(3, 1, 12, 12, dtype=torch.bool), ValueError, "expected"),
+        (lambda: torch.zeros(2, 1, 12, 12), TypeError, "must be boolean.*mask == 0"),
+        (lambda: torch.ones(2, 11, dtype=torch.long), ValueError, r"expected \(batch, past \+ new tokens\) = \(2, 12\)"),
+        (lambda: torch.ones(2, 12, 12, dtype=torch.bool), ValueError, "2D attention_mask has shape"),
+        (lambda: torch.ones(2, 12), TypeError, "1 for real tokens and 0 for padding"),
+    ],
+    ids=["4d-keys", "4d-heads", "4d-batch", "4d-float", "2d-length", "3d", "2d-float"],
+)
+def test_bad_attention_masks(model_for, make_mask, error, match):
+    model = model_for("sdpa", "bidirectional")
+    ids, _, _ = left_padded()
+    with pytest.raises(error, match=match):
+        model(ids, attention_mask=make_mask())
+
+
+def test_bad_4d_mask_in_generate(model_for):
+    model = model_for("sdpa")
+    ids, _, _ = left_padded()
+    with pytest.raises(ValueError, match=r"\(2, 1 or 4, 12, 12\)"):
+        model.generate(ids, attention_mask=torch.ones(2, 1, 12, 13, dtype=torch.bool), max_new_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "lengths,error,match",
+    [
+        (None, ValueError, "needs `prefix_lengths`"),
+        (torch.tensor([4, 13]), ValueError, r"exceed the number of tokens in each sample \[9, 12\]"),
+        (torch.tensor([10, 2]), ValueError, "exceed"),  # sample 0 has 3 pads: 9 real tokens
+        (torch.tensor([1, 2, 3]), ValueError, r"shape \(batch,\) = \(2,\)"),
+        (torch.tensor([[1, 2]]), ValueError, r"shape \(batch,\)"),
+        (torch.tensor([-1, 2]), ValueError, ">= 0"),
+        (torch.tensor([1.5, 2.0]), TypeError, "must hold integers"),
+    ],
+)
+def test_bad_prefix_lengths(model_for, lengths, error, match):
+    model = model_for("sdpa", "prefix_lm")
+    ids, mask, _ = left_padded()
+    with pytest.raises(error, match=match):
+        model(ids, attention_mask=mask, prefix_lengths=lengths)
+
+
+def test_mask_inputs_the_strategy_does_not_use_are_rejected(model_for):
+    model = model_for("sdpa", "causal")
+    ids, mask, _ = left_padded()
+    with pytest.raises(ValueError, match=r"\['prefix_lengths'\] given, but the active mask strategy 'causal'"):
+        model(ids, attention_mask=mask, prefix_lengths=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="does not use them"):
+        model.generate(ids, attention_mask=mask, prefix_lengths=torch.tensor([1, 2]), max_new_tokens=2)
+
+
+def test_4d_mask_and_strategy_inputs_together_are_rejected(model_for):
+    model = model_for("sdpa", "prefix_lm")
+    ids, _, _ = left_padded()
+    with pytest.raises(ValueError, match="4D attention mask replaces the mask strategy"):
+        model(ids, attention_mask=torch.ones(2, 1, 12, 12, dtype=torch.bool), prefix_lengths=torch.tensor([1, 2]))
+
+
+@pytest.fixture
+def flash_model(checkpoint):
+    """A model that believes it runs flash-attention: enough to test the lowering without the kernel."""
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint)
+    model.config._attn_implementation = "flash_attention_2"
+    return model
+
+
+def test_flash_refuses_what_it_cannot_express(flash_model):
+    with pytest.raises(ValueError, match="'prefix_lm' mask cannot be expressed by flash_attention_2.*'sdpa' or 'flex_attention'"):
+        flash_model.set_mask_strategy("prefix_lm")
+    ids, _, _ = left_padded()
+    with pytest.raises(ValueError, match="4D attention_mask mask cannot be expressed by flash_attention_2"):
+        flash_model._build_masks(ids, None, torch.ones(2, 1, 12, 12, dtype=torch.bool), None, None, None, {})
+
+
+def test_flash_gets_padding_and_kwargs_for_what_it_can_express(flash_model):
+    ids, mask, _ = left_padded()
+    flash_model.set_mask_strategy("bidirectional")
+    masks, kwargs = flash_model._build_masks(ids, None, mask, None, None, None, {})
+    assert kwargs == {"is_causal": False}
+    assert torch.equal(masks["full_attention"], mask.bool())
+    flash_model.set_mask_strategy({"name": "sliding_window", "window": 3})
+    masks, kwargs = flash_model._build_masks(ids, None, None, None, None, None, {})
+    assert masks["full_attention"] is None and kwargs == {}
+    assert all(layer.self_attn.sliding_window == 3 for layer in flash_model.model.layers)
+    flash_model.set_mask_strategy("causal")
+    assert all(layer.self_attn.sliding_window is None for layer in flash_model.model.layers)
+
+
+def test_unsupported_backend_is_named(model_for, monkeypatch):
+    model = model_for("sdpa", "prefix_lm")
+    monkeypatch.setattr(model.config, "_attn_implementation", "paged|sdpa")
+    ids, mask, _ = left_padded()
+    with pytest.raises(ValueError, match="cannot lower a custom mask to attn_implementation='paged|sdpa'"):
+        model(ids, attention_mask=mask, prefix_lengths=torch.tensor([1, 2]))
