@@ -24,7 +24,7 @@ from . import masks  # noqa: F401  (registers the built-in strategies)
 from .configuration import CustomQwen3Config
 from .lowering import FLASH_BACKENDS, dense_mask, lower
 from .masks.user_mask import check_user_mask, user_mask
-from .registry import MaskStrategy, _MASKS, resolve_strategy
+from .registry import MaskStrategy, mask_input_names, resolve_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
 
     def _pop_mask_inputs(self, kwargs: dict) -> dict[str, Any]:
         """Takes the strategies' per-call inputs out of kwargs; one the active strategy does not use is an error."""
-        known = {name for entry in _MASKS.values() for name in entry.inputs} | set(self.mask_strategy.entry.inputs)
+        known = mask_input_names() | set(self.mask_strategy.entry.inputs)
         found = {name: kwargs.pop(name) for name in known if name in kwargs and kwargs[name] is not None}
         unused = sorted(set(found) - set(self.mask_strategy.entry.inputs))
         if unused:
@@ -264,7 +264,7 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
     def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
         # Mask inputs travel through **kwargs, which generate()'s typo check does not see; unused ones are
         # rejected by forward() instead.
-        mask_inputs = {name for entry in _MASKS.values() for name in entry.inputs}
+        mask_inputs = mask_input_names()
         super()._validate_model_kwargs({k: v for k, v in model_kwargs.items() if k not in mask_inputs})
 
     def _check_cache_consistent(self, input_ids: torch.Tensor, kwargs: dict) -> None:

@@ -146,6 +146,11 @@ def available_masks() -> list[str]:
     return sorted(_MASKS)
 
 
+def mask_input_names() -> set[str]:
+    """Every per-call input name any registered strategy declares (e.g. ``prefix_lengths``)."""
+    return {name for entry in _MASKS.values() for name in entry.inputs}
+
+
 def get_mask(name: str) -> MaskEntry:
     """The registry entry for ``name``; the error lists the known names."""
     if name not in _MASKS:
