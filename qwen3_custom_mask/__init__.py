@@ -5,19 +5,17 @@
 
 from .configuration import CustomQwen3Config
 from .modeling import CustomQwen3ForCausalLM
-from .registry import (
-    ENTRY_POINT_GROUP,
-    MaskStrategy,
-    available_masks,
-    get_mask,
-    register_mask,
-    resolve_strategy,
-    unregister_mask,
-)
+from .cache import BoundedCache
+from .registry import ENTRY_POINT_GROUP, available_masks, get_mask, register_mask, unregister_mask
+from .strategy import CompositeStrategy, LayeredStrategy, MaskStrategy, Strategy, resolve_strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BoundedCache",
+    "CompositeStrategy",
+    "LayeredStrategy",
+    "Strategy",
     "CustomQwen3Config",
     "CustomQwen3ForCausalLM",
     "ENTRY_POINT_GROUP",

@@ -3,7 +3,8 @@
 All builders take the same window of absolute positions: queries ``q_offset .. q_offset + q_length - 1``
 against keys ``kv_offset .. kv_offset + kv_length - 1`` (during cached decoding ``q_length`` is the number of
 new tokens, so only the new rows are built), and a 2D ``padding_mask`` (batch, >= kv_offset + kv_length),
-True for real tokens, that is ANDed on the key axis.
+True for real tokens, that is ANDed on the key axis. A cache that keeps only some keys (`BoundedCache`)
+passes ``kv_positions`` instead: the absolute position of each key, in cache order.
 
 | backend            | what it gets                                                     |
 |--------------------|------------------------------------------------------------------|
@@ -26,12 +27,19 @@ FLASH_BACKENDS = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 DENSE_BACKENDS = ("eager", "sdpa")
 
 
-def _grids(batch_size: int, num_heads: int, q_offset: int, q_length: int, kv_offset: int, kv_length: int, device):
+def key_positions(kv_offset: int, kv_length: int, kv_positions: torch.Tensor | None, device) -> torch.Tensor:
+    """Absolute position of every key: ``kv_positions`` if given, else the contiguous window."""
+    if kv_positions is not None:
+        return kv_positions.to(device)
+    return torch.arange(kv_offset, kv_offset + kv_length, device=device)
+
+
+def _grids(batch_size: int, num_heads: int, q_offset: int, q_length: int, kv_offset: int, kv_length: int, device, kv_positions=None):
     """Index tensors shaped to broadcast to (B, H, Q, K)."""
     b = torch.arange(batch_size, device=device).view(-1, 1, 1, 1)
     h = torch.arange(num_heads, device=device).view(1, -1, 1, 1)
     q = (torch.arange(q_length, device=device) + q_offset).view(1, 1, -1, 1)
-    kv = (torch.arange(kv_length, device=device) + kv_offset).view(1, 1, 1, -1)
+    kv = key_positions(kv_offset, kv_length, kv_positions, device).view(1, 1, 1, -1)
     return b, h, q, kv
 
 
@@ -54,14 +62,16 @@ def dense_mask(
     kv_length: int,
     padding_mask: torch.Tensor,
     device,
+    kv_positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bool (B, 1|H, Q, K): ``mask_mod`` evaluated element by element through broadcasting, AND padding."""
-    grids = _grids(batch_size, num_heads, q_offset, q_length, kv_offset, kv_length, device)
+    grids = _grids(batch_size, num_heads, q_offset, q_length, kv_offset, kv_length, device, kv_positions)
+    kv_length = grids[3].shape[-1]
     mask = torch.as_tensor(mask_mod(*grids), device=device)
     if mask.dtype != torch.bool:
         raise TypeError(f"A mask_mod must return a bool tensor, got dtype {mask.dtype} from {mask_mod}.")
     heads = num_heads if mask.dim() == 4 and mask.shape[1] > 1 else 1
-    keys = padding_mask[:, kv_offset : kv_offset + kv_length].view(batch_size, 1, 1, kv_length)
+    keys = padding_mask[:, grids[3].view(-1)].view(batch_size, 1, 1, kv_length)
     return mask.expand(batch_size, heads, q_length, kv_length) & keys
 
 
@@ -84,14 +94,24 @@ def block_mask(
     kv_length: int,
     padding_mask: torch.Tensor,
     device,
+    kv_positions: torch.Tensor | None = None,
 ):
     """A flex_attention ``BlockMask``; blocks with no visible key are skipped by the kernel."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def shifted(b, h, q_idx, kv_idx):
-        # BlockMask indices start at 0; ours are absolute positions.
-        kv = kv_idx + kv_offset
-        return mask_mod(b, h, q_idx + q_offset, kv) & padding_mask[b, kv]
+    if kv_positions is not None:
+        kv_positions = kv_positions.to(device)
+        kv_length = kv_positions.shape[0]
+
+        def shifted(b, h, q_idx, kv_idx):
+            kv = kv_positions[kv_idx]
+            return mask_mod(b, h, q_idx + q_offset, kv) & padding_mask[b, kv]
+    else:
+
+        def shifted(b, h, q_idx, kv_idx):
+            # BlockMask indices start at 0; ours are absolute positions.
+            kv = kv_idx + kv_offset
+            return mask_mod(b, h, q_idx + q_offset, kv) & padding_mask[b, kv]
 
     heads = num_heads if reads_head(mask_mod, num_heads, device) else None
     return create_block_mask(

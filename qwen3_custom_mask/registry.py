@@ -8,16 +8,17 @@ over absolute positions (position 0 is the first token of the row, padding inclu
 integer tensors that broadcast against each other, so a mask_mod written with tensor operations works for
 every backend: dense masks call it once on broadcast index grids, flex_attention calls it under vmap.
 
-A spec names a strategy and its parameters: ``"prefix_lm"`` or ``{"name": "sliding_window", "window": 256}``.
-`resolve_strategy` turns a spec into a `MaskStrategy`, checking the parameters against the factory's signature.
+Specs (``"prefix_lm"``, ``{"name": "sliding_window", "window": 256}``, compositions) are resolved into
+strategies in strategy.py.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -45,12 +46,21 @@ class MaskEntry:
         (e.g. ``prefix_lengths``); they are not part of the saved spec.
     flash: for flash-attention, a function of the strategy parameters returning the kwargs that express the
         mask (``{}`` causal, ``{"is_causal": False}``, ``{"sliding_window": w}``); None if flash cannot.
+    positions: a function ``(padding_mask, **inputs) -> (batch, total) position ids`` for strategies whose
+        tokens do not sit at their index (packed documents restart at 0, tree drafts sit at prefix + depth);
+        used when the caller passes no ``position_ids``.
+    cache_bounds: a function of the parameters returning ``(first, last)``: a query only ever sees the first
+        ``first`` real tokens and the last ``last`` earlier tokens, so `BoundedCache` may drop the rest.
+    generates: False for strategies that make no sense token by token (a draft tree).
     """
 
     name: str
     factory: Callable[..., MaskMod]
     inputs: tuple[str, ...] = ()
     flash: Callable[..., dict] | None = None
+    positions: Callable[..., torch.Tensor] | None = None
+    cache_bounds: Callable[..., tuple[int, int]] | None = None
+    generates: bool = True
 
     @property
     def doc(self) -> str:
@@ -66,9 +76,16 @@ class MaskEntry:
             if name not in self.inputs and name not in CONTEXT_ARGS
         }
 
+    @cached_property
+    def accepts(self) -> frozenset[str]:
+        """Every argument name the factory takes (parameters, per-call inputs, context args)."""
+        return frozenset(inspect.signature(self.factory).parameters)
 
-# Arguments the model glue fills in itself when a factory asks for them by name.
-CONTEXT_ARGS = ("padding_mask",)
+
+# Arguments the model glue fills in itself when a factory asks for them by name:
+#   padding_mask (batch, total) bool, True for real tokens; its width is the row length past + new;
+#   position_ids (batch, new) as given to forward() (None if not given); num_heads of the model.
+CONTEXT_ARGS = ("padding_mask", "position_ids", "num_heads")
 
 _MASKS: dict[str, MaskEntry] = {}
 _entry_points_loaded = False
@@ -79,6 +96,9 @@ def register_mask(
     *,
     inputs: tuple[str, ...] = (),
     flash: Callable[..., dict] | None = None,
+    positions: Callable[..., torch.Tensor] | None = None,
+    cache_bounds: Callable[..., tuple[int, int]] | None = None,
+    generates: bool = True,
     replace: bool = False,
 ) -> Callable[[Callable[..., MaskMod]], Callable[..., MaskMod]]:
     """Decorator that registers a mask factory under ``name``.
@@ -89,6 +109,7 @@ def register_mask(
     ...         return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
     ...     return mask_mod
 
+    See `MaskEntry` for ``inputs``, ``flash``, ``positions``, ``cache_bounds`` and ``generates``.
     Registering a taken name raises unless ``replace=True``. A model that already resolved the old
     factory keeps it: replacing or removing an entry never changes a built model.
     """
@@ -108,7 +129,7 @@ def register_mask(
         missing = [i for i in inputs if i not in signature]
         if missing:
             raise TypeError(f"Mask factory {name!r} declares inputs {missing} that are not parameters of {factory}.")
-        _MASKS[name] = MaskEntry(name, factory, inputs, flash)
+        _MASKS[name] = MaskEntry(name, factory, inputs, flash, positions, cache_bounds, generates)
         return factory
 
     return decorator
@@ -162,64 +183,3 @@ def get_mask(name: str) -> MaskEntry:
             f"provides it (it registers through the {ENTRY_POINT_GROUP!r} entry-point group)."
         )
     return _MASKS[name]
-
-
-@dataclass(frozen=True)
-class MaskStrategy:
-    """A resolved spec: the registry entry captured at resolve time plus validated static parameters."""
-
-    entry: MaskEntry
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form saved in ``config.json``: ``{"name": ..., **params}``."""
-        return {"name": self.name, **self.params}
-
-    def mask_mod(self, **inputs: Any) -> MaskMod:
-        """Builds the mask_mod, passing per-call inputs (and context args) the factory asks for."""
-        wanted = inspect.signature(self.entry.factory).parameters
-        return self.entry.factory(**self.params, **{k: v for k, v in inputs.items() if k in wanted})
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"MaskStrategy({self.name}({args}))"
-
-
-def resolve_strategy(spec: str | Mapping[str, Any] | MaskStrategy | None) -> MaskStrategy:
-    """Turns ``"name"`` / ``{"name": ..., **params}`` / a MaskStrategy / None (causal) into a MaskStrategy.
-
-    Unknown or missing parameters raise a TypeError naming the accepted ones; a factory that needs no
-    per-call inputs is called once here so that bad values (e.g. ``window=-1``) fail now, not mid-forward.
-    """
-    if spec is None:
-        spec = "causal"
-    if isinstance(spec, MaskStrategy):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise TypeError(
-            f"A mask strategy spec is a name such as 'prefix_lm' or a dict such as "
-            f"{{'name': 'sliding_window', 'window': 256}}; got {spec!r}."
-        )
-    params = {k: v for k, v in spec.items() if k != "name"}
-    entry = get_mask(spec["name"])
-    accepted = entry.parameters
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        hint = f"it takes: {', '.join(accepted)}" if accepted else "it takes no parameters"
-        inputs = [k for k in unknown if k in entry.inputs]
-        if inputs:
-            hint += f"; {inputs} are per-call inputs: pass them to forward()/generate()"
-        raise TypeError(f"Unknown parameter(s) {unknown} for mask strategy {entry.name!r}: {hint}.")
-    missing = [k for k, default in accepted.items() if default is inspect.Parameter.empty and k not in params]
-    if missing:
-        raise TypeError(f"Mask strategy {entry.name!r} needs parameter(s) {missing}.")
-    strategy = MaskStrategy(entry, dict(params))
-    if not entry.inputs:
-        strategy.mask_mod()  # validates the values now
-    return strategy

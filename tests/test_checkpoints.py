@@ -87,7 +87,7 @@ def test_low_precision_with_device_map(checkpoint, dtype, backend):
     real = mask.bool()
     torch.testing.assert_close(low[real].float(), ref[real], atol=0.25, rtol=0.05)
     if backend == "eager":
-        masks, _ = model._build_masks(ids, None, mask, None, None, None, {"prefix_lengths": lengths})
+        masks, _, _ = model._build_masks(ids, None, mask, None, None, None, {"prefix_lengths": lengths})
         assert masks["full_attention"].dtype == dtype
         assert masks["full_attention"].min() == torch.finfo(dtype).min
 

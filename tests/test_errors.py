@@ -24,7 +24,7 @@ def test_unknown_strategy_lists_the_known_ones(checkpoint):
         ({"name": "sliding_window", "window": -4}, ValueError, "positive integer"),
         ({"name": "sliding_window", "window": 2.5}, ValueError, "positive integer"),
         ({"name": "sliding_window", "window": True}, ValueError, "positive integer"),
-        ({"window": 3}, TypeError, "spec is a name such as 'prefix_lm' or a dict"),
+        ({"window": 3}, TypeError, "spec is a name such as 'prefix_lm', a dict"),
         (42, TypeError, "spec is a name"),
     ],
 )
@@ -120,11 +120,11 @@ def test_flash_refuses_what_it_cannot_express(flash_model):
 def test_flash_gets_padding_and_kwargs_for_what_it_can_express(flash_model):
     ids, mask, _ = left_padded()
     flash_model.set_mask_strategy("bidirectional")
-    masks, kwargs = flash_model._build_masks(ids, None, mask, None, None, None, {})
+    masks, _, kwargs = flash_model._build_masks(ids, None, mask, None, None, None, {})
     assert kwargs == {"is_causal": False}
     assert torch.equal(masks["full_attention"], mask.bool())
     flash_model.set_mask_strategy({"name": "sliding_window", "window": 3})
-    masks, kwargs = flash_model._build_masks(ids, None, None, None, None, None, {})
+    masks, _, kwargs = flash_model._build_masks(ids, None, None, None, None, None, {})
     assert masks["full_attention"] is None and kwargs == {}
     assert all(layer.self_attn.sliding_window == 3 for layer in flash_model.model.layers)
     flash_model.set_mask_strategy("causal")

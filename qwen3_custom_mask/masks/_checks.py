@@ -24,3 +24,25 @@ def per_sample_lengths(strategy: str, name: str, value) -> torch.Tensor:
     if (lengths < 0).any():
         raise ValueError(f"{strategy}: {name} must be >= 0, got {lengths.tolist()}.")
     return lengths.long()
+
+
+def non_negative_int(strategy: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{strategy}: {name} must be an integer >= 0, got {value!r}.")
+    return value
+
+
+def first_real_token(padding_mask: torch.Tensor | None) -> torch.Tensor | int:
+    """(batch,) index of each row's first real token (left padding shifts it); 0 without a padding mask.
+
+    Strategies that count from the start of a sequence (sinks, chunks, global tokens) count from here, so a
+    left-padded row behaves exactly like the same row alone.
+    """
+    if padding_mask is None:
+        return 0
+    return padding_mask.int().argmax(-1)
+
+
+def at_batch(value, batch_idx):
+    """``value[batch_idx]`` for per-row tensors, ``value`` for plain numbers."""
+    return value[batch_idx] if isinstance(value, torch.Tensor) else value

@@ -1,0 +1,82 @@
+"""Documents packed in one row never see each other; inside a document the mask is causal.
+
+``document_ids=[[0, 0, 1, 1, 1]]``:
+
+    q\\kv 0 1 2 3 4
+      0   ■ ⬚ ⬚ ⬚ ⬚
+      1   ■ ■ ⬚ ⬚ ⬚
+      2   ⬚ ⬚ ■ ⬚ ⬚
+      3   ⬚ ⬚ ■ ■ ⬚
+      4   ⬚ ⬚ ■ ■ ■
+
+Boundaries come from ``document_ids`` (batch, tokens), or else from ``position_ids`` that restart at 0
+(or jump) where a new document begins, read the way transformers' packed-sequence detection reads them.
+Unlike that detection, the boundaries are honoured with a KV cache and with an all-ones attention_mask,
+and a call that gives neither raises. Without explicit ``position_ids`` positions restart in every
+document, so RoPE sees each document as if it stood alone. ``causal=False`` makes each document
+bidirectional (packed embedding training). Compose with others, e.g. ``{"and": ["document",
+{"name": "sliding_window", "window": 512}]}``.
+
+During generation ``document_ids`` may cover only the prompt: generated tokens continue the last document.
+"""
+
+import torch
+from transformers.masking_utils import find_packed_sequence_indices
+
+from ..registry import register_mask
+
+
+def _document_ids(document_ids, position_ids, padding_mask) -> torch.Tensor:
+    """(batch, total) document index of every token, validated."""
+    batch, total = padding_mask.shape
+    if document_ids is None:
+        if position_ids is None or position_ids.shape[-1] != total:
+            raise ValueError(
+                "The 'document' strategy needs document boundaries: pass document_ids (batch, tokens), or "
+                "position_ids that restart at 0 for each document covering the whole sequence (past tokens "
+                "included: with a KV cache, pass document_ids for the prompt instead)."
+            )
+        ids = find_packed_sequence_indices(position_ids.view(-1, total).expand(batch, total))
+        return torch.zeros_like(padding_mask, dtype=torch.long) if ids is None else ids
+    ids = torch.as_tensor(document_ids, device=padding_mask.device)
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise TypeError(f"document: document_ids must hold integers, got dtype {ids.dtype}.")
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.shape[0] != batch or not 1 <= ids.shape[1] <= total:
+        raise ValueError(
+            f"document: document_ids must have shape (batch, tokens) = ({batch}, {total}) (or cover the prompt "
+            f"during generation), got {tuple(torch.as_tensor(document_ids).shape)}."
+        )
+    if ids.shape[1] < total:  # generated tokens belong to the last document
+        ids = torch.cat([ids, ids[:, -1:].expand(batch, total - ids.shape[1])], dim=1)
+    return ids.long()
+
+
+def document_positions(document_ids=None, padding_mask=None):
+    """Positions that restart at 0 at each document's first real token (padding stays at 0)."""
+    ids = _document_ids(document_ids, None, padding_mask)
+    real = padding_mask.long()
+    starts = torch.ones_like(ids, dtype=torch.bool)
+    starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    # Count real tokens since the start of the current document.
+    count = real.cumsum(-1)
+    at_start = torch.where(starts, count - real, torch.zeros_like(count))
+    before_doc = torch.cummax(at_start, dim=-1).values
+    return (count - before_doc - 1).clamp(min=0)
+
+
+@register_mask("document", inputs=("document_ids",), positions=document_positions)
+def document(causal: bool = True, document_ids=None, position_ids=None, padding_mask=None):
+    """Packed documents: attention stays inside each document (causal, or bidirectional with causal=False)."""
+    if not isinstance(causal, bool):
+        raise ValueError(f"document: causal must be true or false, got {causal!r}.")
+    if padding_mask is None:  # validation call at resolve time: nothing to check yet
+        return lambda b, h, q, kv: kv <= q
+    ids = _document_ids(document_ids, position_ids, padding_mask)
+
+    def mask_mod(batch_idx, head_idx, q_idx, kv_idx):
+        same = ids[batch_idx, q_idx] == ids[batch_idx, kv_idx]
+        return same & (kv_idx <= q_idx) if causal else same
+
+    return mask_mod
