@@ -25,9 +25,13 @@ def reference_mask(mask_mod, batch_size: int, num_heads: int, length: int, paddi
 
 
 def reference_logits(
-    model: Qwen3ForCausalLM, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    model: Qwen3ForCausalLM,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor | list[torch.Tensor],
+    position_ids: torch.Tensor | None = None,
 ):
-    """Logits of ``model``'s weights run through a hand-written Qwen3 forward with a (B, H, L, L) bool mask.
+    """Logits of ``model``'s weights run through a hand-written Qwen3 forward with a (B, H, L, L) bool mask
+    (or a list of them, one per layer).
 
     Shares no attention or masking code with transformers: projections, RoPE, softmax and GQA are spelled
     out here. A fully masked query row yields a zero attention output.
@@ -51,8 +55,9 @@ def reference_logits(
         rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
         return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
+    masks = mask if isinstance(mask, (list, tuple)) else [mask] * len(inner.layers)
     hidden = inner.embed_tokens(input_ids)
-    for layer in inner.layers:
+    for layer, mask in zip(inner.layers, masks):
         attn, mlp = layer.self_attn, layer.mlp
         x = rms(hidden, layer.input_layernorm.weight)
         q = rms(attn.q_proj(x).view(batch, length, n_heads, head_dim), attn.q_norm.weight).transpose(1, 2)

@@ -1,13 +1,51 @@
-"""The strategy cases every equivalence test runs: (spec, per-call inputs) over the conftest batch."""
+"""The strategy cases every equivalence test runs: (spec, per-call inputs) over the conftest batch.
+
+The batch is 2 x 12 tokens; sample 0 has 3 pads on the left. The tiny model has 2 layers and 4 heads.
+"""
 
 import torch
 
-# Prefixes are counted in real tokens; sample 0 has 3 pads on the left.
+# Document ids cover the whole row (pads belong to the first document of sample 0).
+DOCUMENTS = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2], [0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2]])
+
 CASES = {
     "causal": ("causal", {}),
     "bidirectional": ("bidirectional", {}),
     "sliding_window": ({"name": "sliding_window", "window": 3}, {}),
+    "per_head_window": ({"name": "sliding_window", "window": [1, 2, 4, 7]}, {}),
     "prefix_lm": ("prefix_lm", {"prefix_lengths": torch.tensor([4, 6])}),
+    "attention_sinks": ({"name": "attention_sinks", "sinks": 2, "window": 3}, {}),
+    "chunked": ({"name": "chunked", "chunk_size": 4}, {}),
+    "dilated_sliding_window": ({"name": "dilated_sliding_window", "window": 6, "dilation": 2}, {}),
+    "global_tokens": ({"name": "global_tokens", "tokens": [0, 5], "window": 3}, {}),
+    "global_tokens_bidirectional": ({"name": "global_tokens", "tokens": [1], "window": 2, "causal": False}, {}),
+    "document": ("document", {"document_ids": DOCUMENTS}),
+    "document_bidirectional": ({"name": "document", "causal": False}, {"document_ids": DOCUMENTS}),
+    "and": ({"and": ["prefix_lm", {"name": "sliding_window", "window": 4}]}, {"prefix_lengths": torch.tensor([4, 6])}),
+    "or": ({"or": [{"name": "sliding_window", "window": 2}, {"name": "chunked", "chunk_size": 5}]}, {}),
+    "not": ({"or": [{"name": "sliding_window", "window": 2}, {"not": "causal"}]}, {}),
+    "document_and_window": ({"and": ["document", {"name": "sliding_window", "window": 2}]}, {"document_ids": DOCUMENTS}),
+    "layers": ({"layers": {"0": "bidirectional", "1": {"name": "sliding_window", "window": 3}}}, {}),
+    "layers_cacheable": ({"layers": {"0": "causal", "1": {"name": "attention_sinks", "sinks": 1, "window": 2}}}, {}),
 }
 # Strategies whose meaning survives a KV cache (prompt rows never look at later tokens).
-CACHEABLE = ["causal", "sliding_window", "prefix_lm"]
+CACHEABLE = [
+    "causal",
+    "sliding_window",
+    "per_head_window",
+    "prefix_lm",
+    "attention_sinks",
+    "chunked",
+    "dilated_sliding_window",
+    "global_tokens",
+    "document",
+    "and",
+    "or",
+    "document_and_window",
+    "layers_cacheable",
+]
+
+
+def step_inputs(inputs: dict, end: int) -> dict:
+    """Per-call inputs for a forward over tokens [0, end): per-token inputs are cut like attention_mask."""
+    return {k: v[:, :end] if k == "document_ids" else v for k, v in inputs.items()}

@@ -7,17 +7,35 @@ from transformers import DynamicCache
 from qwen3_custom_mask.reference import reference_logits, reference_mask
 
 from conftest import BACKENDS, left_padded
-from strategies import CACHEABLE, CASES
+from strategies import CACHEABLE, CASES, step_inputs
 
 ATOL = 1e-4  # tiny model, 12 tokens: far below the ~1e-3 CPU noise seen at 1k tokens
 
 
 def expected_logits(model, ids, mask, positions, inputs):
-    """The reference over the whole sequence, asking the strategy's mask_mod element by element."""
+    """The reference over the whole sequence, asking each layer's mask_mod element by element.
+
+    Strategies that place tokens themselves (documents) get their own positions, as the model does when
+    it is given no position_ids.
+    """
     padding = mask.bool()
-    mask_mod = model.mask_strategy.mask_mod(**inputs, padding_mask=padding)
-    dense = reference_mask(mask_mod, ids.shape[0], model.config.num_attention_heads, ids.shape[1], padding)
-    return reference_logits(model, ids, dense, positions)
+    strategy = model.mask_strategy
+    heads = model.config.num_attention_heads
+    context = dict(inputs, padding_mask=padding, num_heads=heads)
+    dense = {}
+    for layer in range(model.config.num_hidden_layers):
+        s = strategy.for_layer(layer)
+        if s not in dense:
+            dense[s] = reference_mask(s.mask_mod(**context), ids.shape[0], heads, ids.shape[1], padding)
+    if strategy.places_tokens:
+        positions = strategy.position_ids(**context)
+    layer_masks = [dense[strategy.for_layer(layer)] for layer in range(model.config.num_hidden_layers)]
+    return reference_logits(model, ids, layer_masks, positions)
+
+
+def given_positions(model, positions):
+    """The position_ids a test passes: none for strategies that place tokens themselves."""
+    return None if model.mask_strategy.places_tokens else positions
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -27,7 +45,7 @@ def test_full_forward_matches_reference(model_for, backend, case):
     spec, inputs = CASES[case]
     model = model_for(backend, spec)
     ids, mask, positions = left_padded()
-    out = model(ids, attention_mask=mask, position_ids=positions, **inputs).logits
+    out = model(ids, attention_mask=mask, position_ids=given_positions(model, positions), **inputs).logits
     ref = expected_logits(model, ids, mask, positions, inputs)
     real = mask.bool()  # padded query rows are unspecified (finite) and skipped
     torch.testing.assert_close(out[real], ref[real], atol=ATOL, rtol=1e-4)
@@ -42,24 +60,25 @@ def test_prefill_then_cached_decode_matches_reference(model_for, backend, case):
     ids, mask, positions = left_padded()
     prefill = 9  # covers every prefix (sample 0: 3 pads + 4), so the cache may hold the prefix
     cache = DynamicCache(config=model.config)
+    positions_in = given_positions(model, positions)
     pieces = [
         model(
             ids[:, :prefill],
             attention_mask=mask[:, :prefill],
-            position_ids=positions[:, :prefill],
+            position_ids=None if positions_in is None else positions_in[:, :prefill],
             past_key_values=cache,
             use_cache=True,
-            **inputs,
+            **step_inputs(inputs, prefill),
         ).logits
     ]
     for t in range(prefill, ids.shape[1]):
         step = model(
             ids[:, t : t + 1],
             attention_mask=mask[:, : t + 1],
-            position_ids=positions[:, t : t + 1],
+            position_ids=None if positions_in is None else positions_in[:, t : t + 1],
             past_key_values=cache,
             use_cache=True,
-            **inputs,
+            **step_inputs(inputs, t + 1),
         )
         pieces.append(step.logits)
     out = torch.cat(pieces, dim=1)
@@ -78,6 +97,23 @@ def test_reference_tells_strategies_apart(model_for, case):
     ref = expected_logits(model, ids, mask, positions, inputs)
     causal = reference_mask(lambda b, h, q, kv: kv <= q, 2, model.config.num_attention_heads, ids.shape[1], mask.bool())
     assert (ref - reference_logits(model, ids, causal, positions))[mask.bool()].abs().max() > 1e-3
+
+
+def test_every_registered_strategy_has_a_reference_case():
+    from qwen3_custom_mask import available_masks
+
+    covered = {name for spec, _ in CASES.values() for name in _names(spec)}
+    assert set(available_masks()) - {"tree"} <= covered  # tree has its own tests (test_tree.py)
+
+
+def _names(spec):
+    if isinstance(spec, str):
+        return {spec}
+    if "name" in spec:
+        return {spec["name"]}
+    (op, arg), = spec.items()
+    subs = arg.values() if op == "layers" else [arg] if op == "not" else arg
+    return set().union(*(_names(sub) for sub in subs))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
