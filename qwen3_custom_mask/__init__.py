@@ -7,6 +7,7 @@ from .configuration import CustomQwen3Config
 from .modeling import CustomQwen3ForCausalLM
 from .cache import BoundedCache
 from .registry import ENTRY_POINT_GROUP, available_masks, get_mask, register_mask, unregister_mask
+from .speculative import TreeVerification, verify_draft_tree
 from .strategy import CompositeStrategy, LayeredStrategy, MaskStrategy, Strategy, resolve_strategy
 
 __version__ = "0.1.0"
@@ -25,4 +26,6 @@ __all__ = [
     "register_mask",
     "resolve_strategy",
     "unregister_mask",
+    "TreeVerification",
+    "verify_draft_tree",
 ]
