@@ -15,7 +15,14 @@ DRAWN = [
     ("bidirectional", {}, "bidirectional"),
     ({"name": "sliding_window", "window": 3}, {}, "sliding_window"),
     ("prefix_lm", {"prefix_lengths": torch.tensor([3])}, "prefix_lm"),
+    ({"name": "attention_sinks", "sinks": 1, "window": 2}, {}, "attention_sinks"),
+    ({"name": "chunked", "chunk_size": 2}, {}, "chunked"),
+    ({"name": "dilated_sliding_window", "window": 4, "dilation": 2}, {}, "dilated_sliding_window"),
+    ({"name": "global_tokens", "tokens": [0], "window": 2}, {}, "global_tokens"),
+    ("document", {"document_ids": torch.tensor([[0, 0, 1, 1, 1]])}, "document"),
+    ("tree", {"draft_tree": torch.tensor([-1, 0, -1, 2])}, "tree"),
 ]
+ONES = torch.ones(1, 5, dtype=torch.bool)
 
 
 def drawing(module_name):
@@ -43,7 +50,7 @@ def build(mask_mod, batch=1, heads=1, q_offset=0, q_length=5, kv_offset=0, kv_le
 
 @pytest.mark.parametrize("spec,inputs,module", DRAWN, ids=[m for _, _, m in DRAWN])
 def test_docstring_drawing_is_the_mask(spec, inputs, module):
-    mask_mod = resolve_strategy(spec).mask_mod(**inputs)
+    mask_mod = resolve_strategy(spec).mask_mod(**inputs, padding_mask=ONES)
     expected = drawing(module)
     assert expected.shape == (5, 5)
     assert torch.equal(build(mask_mod)[0, 0], expected)
@@ -52,17 +59,20 @@ def test_docstring_drawing_is_the_mask(spec, inputs, module):
 
 @pytest.mark.parametrize("spec,inputs,module", DRAWN, ids=[m for _, _, m in DRAWN])
 def test_decode_rows_are_the_matching_rows_of_the_full_mask(spec, inputs, module):
-    mask_mod = resolve_strategy(spec).mask_mod(**inputs)
+    mask_mod = resolve_strategy(spec).mask_mod(**inputs, padding_mask=ONES)
     full = build(mask_mod)
     for row in range(5):
         assert torch.equal(build(mask_mod, q_offset=row, q_length=1), full[:, :, row : row + 1])
 
 
-def test_prefix_lm_counts_the_prefix_from_the_first_real_token():
+@pytest.mark.parametrize("spec,inputs,module", DRAWN, ids=[m for _, _, m in DRAWN])
+def test_left_padding_shifts_the_mask_and_nothing_else(spec, inputs, module):
+    """A row behind 2 pads gets the drawing shifted by 2: sinks, chunks, prefixes count from the first real token."""
     padding = torch.tensor([[False, False, True, True, True, True, True]])
-    mask_mod = resolve_strategy("prefix_lm").mask_mod(prefix_lengths=torch.tensor([3]), padding_mask=padding)
+    inputs = {k: torch.cat([v[:, :1], v[:, :1], v], 1) if k == "document_ids" else v for k, v in inputs.items()}
+    mask_mod = resolve_strategy(spec).mask_mod(**inputs, padding_mask=padding)
     mask = build(mask_mod, q_length=7, kv_length=7, padding=padding)[0, 0]
-    assert torch.equal(mask[2:, 2:], drawing("prefix_lm")[:5, :5])  # the drawing, shifted past 2 pads
+    assert torch.equal(mask[2:, 2:], drawing(module))
     assert not mask[:, :2].any()  # padding is seen by nobody
 
 
