@@ -1,0 +1,50 @@
+"""BoundedCache: generation far past the window keeps memory at the bound and produces the same tokens."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from qwen3_custom_mask import BoundedCache
+
+from conftest import BACKENDS, left_padded
+
+BOUNDED = {
+    "sliding_window": {"name": "sliding_window", "window": 4},
+    "attention_sinks": {"name": "attention_sinks", "sinks": 2, "window": 4},
+    "chunked": {"name": "chunked", "chunk_size": 5},
+    "and": {"and": ["causal", {"name": "sliding_window", "window": 3}]},
+}
+NEW_TOKENS = 40  # ten times the window
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", sorted(BOUNDED))
+@torch.no_grad()
+def test_bounded_generation_equals_unbounded(model_for, backend, case):
+    ids, mask, _ = left_padded(pads=(3, 0))
+    reference = model_for("sdpa", BOUNDED[case]).generate(
+        ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, past_key_values=DynamicCache()
+    )
+    model = model_for(backend, BOUNDED[case])
+    cache = BoundedCache()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, past_key_values=cache)
+    assert torch.equal(out, reference)
+    first, last = model.mask_strategy.cache_bounds()
+    assert cache.get_seq_length() == 12 + NEW_TOKENS - 1  # every token but the last one was cached...
+    pads = 3 if first else 0
+    assert cache.stored_tokens() == pads + first + last  # ...yet only the bound is stored
+    assert all(layer.keys.shape[-2] == cache.stored_tokens() for layer in cache.layers)
+
+
+def test_bounded_cache_refuses_unbounded_strategies(model_for):
+    model = model_for("sdpa", "prefix_lm")
+    with pytest.raises(ValueError, match="BoundedCache cannot be used here.*arbitrarily old tokens"):
+        model.generate(torch.tensor([[1, 2, 3]]), prefix_lengths=[2], max_new_tokens=2, past_key_values=BoundedCache())
+
+
+def test_bounded_cache_cannot_be_cropped(model_for):
+    model = model_for("sdpa", BOUNDED["sliding_window"])
+    cache = BoundedCache()
+    model(torch.tensor([[1, 2, 3, 4, 5, 6]]), past_key_values=cache)
+    with pytest.raises(NotImplementedError, match="cannot be cropped"):
+        cache.crop(-1)
