@@ -99,19 +99,16 @@ def block_mask(
     """A flex_attention ``BlockMask``; blocks with no visible key are skipped by the kernel."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    if kv_positions is not None:
-        kv_positions = kv_positions.to(device)
-        kv_length = kv_positions.shape[0]
+    # Offsets travel as tensors, not Python ints: a compiled flex_attention guards on the value of every int it
+    # sees, so int offsets would recompile at every decode step.
+    q_base = torch.tensor(q_offset, device=device)
+    kv_positions = key_positions(kv_offset, kv_length, kv_positions, device)
+    kv_length = kv_positions.shape[0]
+    key_is_real = padding_mask[:, kv_positions]  # (B, K): same shape at every step of a bounded cache
 
-        def shifted(b, h, q_idx, kv_idx):
-            kv = kv_positions[kv_idx]
-            return mask_mod(b, h, q_idx + q_offset, kv) & padding_mask[b, kv]
-    else:
-
-        def shifted(b, h, q_idx, kv_idx):
-            # BlockMask indices start at 0; ours are absolute positions.
-            kv = kv_idx + kv_offset
-            return mask_mod(b, h, q_idx + q_offset, kv) & padding_mask[b, kv]
+    def shifted(b, h, q_idx, kv_idx):
+        # BlockMask indices start at 0; ours are absolute positions.
+        return mask_mod(b, h, q_idx + q_base, kv_positions[kv_idx]) & key_is_real[b, kv_idx]
 
     heads = num_heads if reads_head(mask_mod, num_heads, device) else None
     return create_block_mask(
