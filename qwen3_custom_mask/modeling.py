@@ -179,10 +179,10 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
                 f"2D attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, past + new tokens) = "
                 f"({batch_size}, {seen}). A custom mask is 4D: (batch, 1 or heads, new tokens, past + new tokens)."
             )
-        if attention_mask.dtype.is_floating_point:
+        if attention_mask.dtype.is_floating_point and not ((attention_mask == 0) | (attention_mask == 1)).all():
             raise TypeError(
-                f"A 2D attention_mask holds 1 for real tokens and 0 for padding (int or bool), got dtype "
-                f"{attention_mask.dtype}."
+                f"A 2D attention_mask holds 1 for real tokens and 0 for padding, got {attention_mask.dtype} values "
+                f"other than 0 and 1 (an additive float mask?). Pass the 0/1 padding mask, or a bool 4D mask."
             )
         padding = attention_mask.to(device=device, dtype=torch.bool)
         return torch.nn.functional.pad(padding, (0, total - padding.shape[1]))

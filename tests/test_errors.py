@@ -117,6 +117,33 @@ def test_flash_refuses_what_it_cannot_express(flash_model):
         flash_model._build_masks(ids, None, torch.ones(2, 1, 12, 12, dtype=torch.bool), None, None, None, {})
 
 
+@pytest.mark.parametrize(
+    "spec,name",
+    [
+        ({"name": "attention_sinks", "sinks": 1, "window": 4}, "attention_sinks"),
+        ({"name": "chunked", "chunk_size": 4}, "chunked"),
+        ("document", "document"),
+        ("tree", "tree"),
+        ({"name": "sliding_window", "window": [2, 2, 3, 3]}, "sliding_window"),
+        ({"and": ["causal", "bidirectional"]}, "and"),
+        ({"layers": {"0": "causal", "1": "prefix_lm"}}, "prefix_lm"),
+    ],
+)
+def test_flash_refuses_every_mask_it_cannot_express(flash_model, spec, name):
+    with pytest.raises(ValueError, match=f"'{name}' mask cannot be expressed by flash_attention_2"):
+        flash_model.set_mask_strategy(spec)
+
+
+def test_flash_takes_per_layer_windows_and_directions(flash_model):
+    ids, _, _ = left_padded()
+    flash_model.set_mask_strategy({"layers": {"0": {"name": "sliding_window", "window": 5}, "1": "bidirectional"}})
+    assert [layer.self_attn.sliding_window for layer in flash_model.model.layers] == [5, None]
+    masks, _, kwargs = flash_model._build_masks(ids, None, None, None, None, None, {})
+    assert kwargs == {}
+    per_layer = masks["full_attention"]
+    assert per_layer[0] == (None, {}) and per_layer[1] == (None, {"is_causal": False})
+
+
 def test_flash_gets_padding_and_kwargs_for_what_it_can_express(flash_model):
     ids, mask, _ = left_padded()
     flash_model.set_mask_strategy("bidirectional")
@@ -137,3 +164,35 @@ def test_unsupported_backend_is_named(model_for, monkeypatch):
     ids, mask, _ = left_padded()
     with pytest.raises(ValueError, match="cannot lower a custom mask to attn_implementation='paged|sdpa'"):
         model(ids, attention_mask=mask, prefix_lengths=torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize(
+    "inputs,error,match",
+    [
+        ({}, ValueError, "needs document boundaries: pass document_ids"),
+        ({"document_ids": torch.zeros(2, 12)}, TypeError, "document_ids must hold integers"),
+        ({"document_ids": torch.zeros(3, 12, dtype=torch.long)}, ValueError, r"shape \(batch, tokens\) = \(2, 12\)"),
+        ({"document_ids": torch.zeros(2, 13, dtype=torch.long)}, ValueError, r"got \(2, 13\)"),
+        ({"draft_tree": torch.tensor([-1, 0])}, ValueError, "does not use them"),
+    ],
+)
+def test_bad_document_inputs(model_for, inputs, error, match):
+    model = model_for("sdpa", "document")
+    ids, mask, _ = left_padded()
+    with pytest.raises(error, match=match):
+        model(ids, attention_mask=mask, **inputs)
+
+
+def test_documents_from_restarting_position_ids_even_with_a_cache_and_all_ones_mask(model_for):
+    """Stock packed-sequence detection turns off with a cache or an all-ones mask; the strategy does not."""
+    from transformers import DynamicCache
+
+    model = model_for("sdpa", "document")
+    ids = torch.randint(0, 250, (1, 10), generator=torch.Generator().manual_seed(1))
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2]])
+    with torch.no_grad():
+        packed = model(ids, attention_mask=torch.ones(1, 10), position_ids=positions, past_key_values=DynamicCache()).logits
+        explicit = model(ids, document_ids=torch.tensor([[0, 0, 0, 0, 1, 1, 1, 2, 2, 2]])).logits
+        alone = model(ids[:, 4:7], document_ids=torch.zeros(1, 3, dtype=torch.long)).logits
+    torch.testing.assert_close(packed, explicit, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[:, 4:7], alone, atol=1e-5, rtol=1e-5)
