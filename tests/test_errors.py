@@ -48,7 +48,7 @@ def test_missing_required_parameter(scratch_names):  # noqa: F811
         (lambda: torch.zeros(2, 1, 12, 12), TypeError, "must be boolean.*mask == 0"),
         (lambda: torch.ones(2, 11, dtype=torch.long), ValueError, r"expected \(batch, past \+ new tokens\) = \(2, 12\)"),
         (lambda: torch.ones(2, 12, 12, dtype=torch.bool), ValueError, "2D attention_mask has shape"),
-        (lambda: torch.ones(2, 12), TypeError, "1 for real tokens and 0 for padding"),
+        (lambda: torch.full((2, 12), -1e9), TypeError, "other than 0 and 1"),
     ],
     ids=["4d-keys", "4d-heads", "4d-batch", "4d-float", "2d-length", "3d", "2d-float"],
 )
