@@ -15,9 +15,11 @@ position_ids, for_layer), so the model glue never looks at which kind it holds.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -320,10 +322,36 @@ def _resolve(spec: Any, top_level: bool) -> Strategy:
     return strategy
 
 
+SPEC_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def load_spec_file(path: str | Path) -> Any:
+    """A spec from a JSON/YAML file (the presets in ``configs/``): the whole file, or its ``mask_strategy`` key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Mask strategy file {str(path)!r} does not exist.")
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if isinstance(data, Mapping) and "mask_strategy" in data:
+        data = data["mask_strategy"]
+    if data is None:
+        raise ValueError(f"{str(path)!r} holds no mask strategy.")
+    return data
+
+
 def resolve_strategy(spec: str | Mapping[str, Any] | Strategy | None) -> Strategy:
     """Turns a spec (see the module docstring; None means causal) into a strategy.
+
+    A string ending in .json/.yaml/.yml is read as a file (``configs/prefix_lm.yaml``).
 
     Unknown or missing parameters raise a TypeError naming the accepted ones; a factory that needs no
     per-call inputs is called once here so that bad values (e.g. ``window=-1``) fail now, not mid-forward.
     """
+    if isinstance(spec, (str, Path)) and str(spec).endswith(SPEC_FILE_SUFFIXES):
+        spec = load_spec_file(spec)
     return _resolve("causal" if spec is None else spec, top_level=True)
