@@ -1,0 +1,85 @@
+"""scripts/finetune.py end to end on the tiny checkpoint: single process, LoRA, and 2-process DDP (gloo)."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwen3_custom_mask import CustomQwen3ForCausalLM, resolve_strategy
+from qwen3_custom_mask.training import MNTPCollator, PrefixLMCollator, collator_for
+
+ROOT = Path(__file__).parent.parent
+SCRIPT = ROOT / "scripts" / "finetune.py"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    rng = random.Random(0)
+    with path.open("w") as f:
+        for _ in range(48):
+            n = rng.randint(4, 40)
+            f.write(json.dumps({"input_ids": [rng.randrange(250) for _ in range(n)], "prompt_length": rng.randint(1, n - 1)}) + "\n")
+    return path
+
+
+def run(args, cwd, launcher=(sys.executable,)):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    "recipe,extra",
+    [("packed_sft", []), ("prefix_lm", ["--lora"]), ("bidirectional_llm2vec", ["--gradient-checkpointing"])],
+)
+def test_recipe_trains_and_saves_a_checkpoint_that_reloads_with_its_strategy(checkpoint, data, tmp_path, recipe, extra):
+    out = tmp_path / "out"
+    log = run(["--model", checkpoint, "--recipe", ROOT / "configs" / f"{recipe}.yaml", "--data", data, "--max-length", 64,
+               "--max-steps", 3, "--batch-size", 4, "--lr", 1e-3, "--output-dir", out, *extra], tmp_path)
+    assert "train loss" in log
+    trained = CustomQwen3ForCausalLM.from_pretrained(out)
+    assert trained.mask_strategy == resolve_strategy(ROOT / "configs" / f"{recipe}.yaml")
+    assert json.loads((out / "config.json").read_text())["mask_strategy"] == trained.mask_strategy.to_dict()
+    before = CustomQwen3ForCausalLM.from_pretrained(checkpoint)
+    assert not torch.equal(trained.model.layers[0].self_attn.q_proj.weight, before.model.layers[0].self_attn.q_proj.weight)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not installed")
+def test_two_process_accelerate_launch(checkpoint, data, tmp_path):
+    out = tmp_path / "out"
+    launcher = ("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no")
+    log = run(["--model", checkpoint, "--recipe", ROOT / "configs" / "packed_sft.yaml", "--data", data, "--max-length", 64,
+               "--max-steps", 2, "--batch-size", 4, "--output-dir", out, "--cpu"], tmp_path, launcher)
+    assert log.count("processes: 2 (distributed)") == 2
+    assert CustomQwen3ForCausalLM.from_pretrained(out).mask_strategy.name == "document"
+
+
+def test_objective_collators():
+    features = [{"input_ids": [5, 6, 7, 8], "prompt_length": 2}, {"input_ids": [9, 10, 11], "prompt_length": 1}]
+    batch = PrefixLMCollator(pad_token_id=0)(features)
+    assert batch["prefix_lengths"].tolist() == [2, 1]
+    assert batch["labels"].tolist() == [[-100, -100, 7, 8], [-100, 10, 11, -100]]
+    torch.manual_seed(0)
+    mntp = MNTPCollator(mask_token_id=99, mask_probability=0.5, pad_token_id=0)(features * 8)
+    masked = mntp["input_ids"] == 99
+    assert masked.any() and not masked[:, 0].any()
+    assert torch.equal(mntp["labels"] != -100, masked)  # labels exactly where a token was masked
+    with pytest.raises(ValueError, match="Unknown training objective 'mlm'; known: causal_lm, prefix_lm_sft, mntp"):
+        collator_for("mlm", pack=False, max_length=8, pad_token_id=0)
+    with pytest.raises(ValueError, match="Packing works with the causal_lm objective"):
+        collator_for("mntp", pack=True, max_length=8, pad_token_id=0)
+
+
+def test_flex_training_on_cpu_is_refused_with_the_fix(checkpoint, data, tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(checkpoint), "--data", str(data), "--attn", "flex_attention", "--cpu"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0 and "no backward pass on CPU; use --attn sdpa" in proc.stderr
