@@ -1,0 +1,213 @@
+"""Fine-tuning with a custom attention mask (HF Trainer; full or LoRA): `scripts/finetune.py`, `qwen3-mask finetune`.
+
+    # packed SFT, no attention across examples (recipe: configs/packed_sft.yaml)
+    python scripts/finetune.py --model Qwen/Qwen3-0.6B --recipe configs/packed_sft.yaml --data train.jsonl --output-dir out
+
+    # LLM2Vec-style bidirectional MNTP with LoRA
+    python scripts/finetune.py --model Qwen/Qwen3-0.6B --recipe configs/bidirectional_llm2vec.yaml --data wiki.txt --lora
+
+    # several GPUs (DDP), unchanged script
+    accelerate launch --num_processes 8 scripts/finetune.py ...    # or: torchrun --nproc_per_node 8 scripts/finetune.py ...
+
+Data: a local .json/.jsonl/.txt file or a `datasets` hub name, with a ``text`` column (or --text-field), or
+``prompt`` + ``completion`` columns (labels on the completion only), or pre-tokenized ``input_ids`` (optional
+``prompt_length``). The strategy comes from --strategy (a name, a JSON spec, or a configs/ file) or the
+recipe's ``mask_strategy``; the recipe's ``training`` section sets the objective (causal_lm, prefix_lm_sft,
+mntp), packing and max length, and command-line flags override it. The saved checkpoint's config.json records
+the strategy, so ``from_pretrained(output_dir)`` brings it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+import yaml
+from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+from qwen3_custom_mask import CustomQwen3ForCausalLM, resolve_strategy
+from qwen3_custom_mask.training import OBJECTIVES, collator_for
+
+logger = logging.getLogger("finetune")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint directory or hub id (official Qwen3 layout)")
+    parser.add_argument("--data", required=True, help="local .json/.jsonl/.txt file or a datasets hub name")
+    parser.add_argument("--recipe", help="a configs/*.yaml file: mask_strategy + training defaults")
+    parser.add_argument("--strategy", help="mask strategy: a name, a JSON spec, or a .json/.yaml file (overrides the recipe)")
+    parser.add_argument("--objective", choices=OBJECTIVES, help="training objective (default: from the recipe, else causal_lm)")
+    parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None, help="pack examples into rows (document strategy)")
+    parser.add_argument("--max-length", type=int, help="row / example length in tokens (default: recipe, else 1024)")
+    parser.add_argument("--mask-probability", type=float, help="mntp: fraction of tokens masked")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--tokenizer", help="tokenizer path (default: the model's)")
+    parser.add_argument("--output-dir", default="finetuned")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per device per step")
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--attn", default="sdpa", help="attn_implementation: eager, sdpa, flex_attention (GPU), flash_attention_2")
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters (PEFT) and merge them into the saved model")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on where the GPU supports it")
+    parser.add_argument("--fsdp", default="", help='e.g. "full_shard auto_wrap" (multi-GPU; wraps Qwen3DecoderLayer)')
+    parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--logging-steps", type=int, default=10)
+    return parser.parse_args(argv)
+
+
+def load_recipe(args):
+    recipe = {}
+    if args.recipe:
+        data = yaml.safe_load(Path(args.recipe).read_text()) or {}
+        recipe = dict(data.get("training") or {})
+        if args.strategy is None:
+            args.strategy = args.recipe
+    training = {
+        "objective": args.objective or recipe.get("objective", "causal_lm"),
+        "pack": args.pack if args.pack is not None else bool(recipe.get("pack", False)),
+        "max_length": args.max_length or int(recipe.get("max_length", 1024)),
+        "mask_probability": args.mask_probability or float(recipe.get("mask_probability", 0.2)),
+    }
+    strategy = args.strategy
+    if strategy and strategy.lstrip().startswith("{"):
+        strategy = json.loads(strategy)
+    return resolve_strategy(strategy), training
+
+
+def load_data(args):
+    from datasets import load_dataset
+
+    path = Path(args.data)
+    if path.suffix in (".json", ".jsonl") and path.is_file():
+        return load_dataset("json", data_files=str(path), split="train")
+    if path.suffix == ".txt" and path.is_file():
+        return load_dataset("text", data_files=str(path), split="train")
+    if path.exists():
+        raise SystemExit(f"error: {args.data}: use a .json, .jsonl or .txt file, or a datasets hub name")
+    return load_dataset(args.data, split="train")
+
+
+def tokenize(dataset, args, tokenizer):
+    columns = dataset.column_names
+    if "input_ids" in columns:
+        return dataset
+    if tokenizer is None:
+        raise SystemExit(f"error: {args.model} has no tokenizer; pass --tokenizer, or pre-tokenized data (input_ids)")
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    if {"prompt", "completion"} <= set(columns):
+        def encode(example):
+            prompt = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"]
+            completion = tokenizer(example["completion"], add_special_tokens=False)["input_ids"] + eos
+            return {"input_ids": prompt + completion, "prompt_length": len(prompt)}
+    elif args.text_field in columns:
+        def encode(example):
+            return {"input_ids": tokenizer(example[args.text_field], add_special_tokens=False)["input_ids"] + eos}
+    else:
+        raise SystemExit(f"error: the data has columns {columns}; expected '{args.text_field}', prompt+completion, or input_ids")
+    return dataset.map(encode, remove_columns=columns, desc="tokenizing")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    strategy, training = load_recipe(args)
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    if args.attn == "flex_attention" and not use_cuda:
+        raise SystemExit("error: flex_attention has no backward pass on CPU; use --attn sdpa or eager (or a GPU)")
+    bf16 = args.bf16 if args.bf16 is not None else (use_cuda and torch.cuda.is_bf16_supported())
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    except (OSError, ValueError):
+        tokenizer = None
+    pad_token_id = (tokenizer.pad_token_id if tokenizer and tokenizer.pad_token_id is not None else None)
+    model = CustomQwen3ForCausalLM.from_pretrained(
+        args.model,
+        mask_strategy=strategy.to_dict(),
+        attn_implementation=args.attn,
+        dtype=torch.bfloat16 if bf16 else torch.float32,
+    )
+    model.config.use_cache = False  # no KV cache while training
+    if pad_token_id is None:
+        eos = model.generation_config.eos_token_id
+        pad_token_id = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
+    logger.info("strategy %s, objective %s, pack=%s, max_length %d", strategy.to_dict(), training["objective"], training["pack"], training["max_length"])
+    if training["pack"] and "document" not in json.dumps(strategy.to_dict()):
+        logger.warning("Packing without the 'document' strategy lets packed examples attend to each other.")
+
+    if args.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+        model.print_trainable_parameters()
+
+    dataset = tokenize(load_data(args), args, tokenizer)
+    collator = collator_for(
+        training["objective"],
+        pack=training["pack"],
+        max_length=training["max_length"],
+        pad_token_id=pad_token_id,
+        mask_token_id=pad_token_id,
+        mask_probability=training["mask_probability"],
+    )
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.lr,
+        logging_steps=args.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,  # keep prompt_length / per-call mask inputs for the collator
+        activation_checkpointing=args.gradient_checkpointing,
+        bf16=bf16,
+        use_cpu=not use_cuda,
+        seed=args.seed,
+        fsdp=args.fsdp,
+        fsdp_config={"transformer_layer_cls_to_wrap": ["Qwen3DecoderLayer"]} if args.fsdp else None,
+        ddp_find_unused_parameters=False,
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    logger.info("processes: %d (%s), device %s, bf16=%s", training_args.world_size, training_args.parallel_mode.value, training_args.device, bf16)
+    result = trainer.train()
+    logger.info("train loss %.4f after %d steps", result.training_loss, result.global_step)
+
+    if trainer.is_world_process_zero():
+        final = trainer.model
+        if args.lora:
+            final = final.merge_and_unload()
+        final.config.use_cache = True
+        final.save_pretrained(args.output_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(args.output_dir)
+        reloaded = CustomQwen3ForCausalLM.from_pretrained(args.output_dir)
+        if reloaded.mask_strategy != strategy:
+            raise SystemExit(f"error: the saved model reloads with {reloaded.mask_strategy.to_dict()}, not {strategy.to_dict()}")
+        logger.info("saved to %s (mask_strategy %s)", args.output_dir, reloaded.mask_strategy.to_dict())
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
