@@ -99,6 +99,7 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
                 if strategy.for_layer(idx).flash_form() is None:
                     raise ValueError(_flash_error(repr(strategy.for_layer(idx).name), backend))
         self._mask_strategy = strategy
+        self._groups = self._layer_groups()
         self.config.mask_strategy = strategy.to_dict()
         # flash-attention reads the window from each attention module (stock passes `module.sliding_window`).
         for idx, layer in enumerate(self.model.layers):
@@ -202,6 +203,11 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
         total = max(kv_offset + kv_length, q_offset + q_length)
 
         is_4d = isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4
+        groups = self._groups
+        if not is_4d and prompt_mask is None and len(groups) == 1 and not isinstance(cache, BoundedCache):
+            (strategy,) = groups
+            if strategy.flash_form() == {}:  # plain causal: straight to the stock builders, nothing else to do
+                return self._stock_causal(inputs_embeds, attention_mask, cache, position_ids)
         if (is_4d or prompt_mask is not None) and mask_inputs:
             raise ValueError(
                 f"A 4D attention mask replaces the mask strategy, so {sorted(mask_inputs)} would be ignored; pass one or the other."
@@ -239,7 +245,6 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
         context = dict(mask_inputs, padding_mask=padding, position_ids=position_ids, num_heads=config.num_attention_heads)
         if position_ids is None and self.mask_strategy.places_tokens:
             position_ids = self.mask_strategy.position_ids(**context)[:, q_offset : q_offset + q_length]
-        groups = self._layer_groups()
         if len(groups) == 1:
             (strategy,) = groups
             return build(strategy.mask_mod(**context), strategy.flash_form(), position_ids)
@@ -251,6 +256,21 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
                 per_layer[idx] = (mapping[config.layer_types[idx]], extra)
         return {layer_type: per_layer for layer_type in set(config.layer_types)}, position_ids, {}
 
+    def _stock_causal(self, inputs_embeds, attention_mask, cache, position_ids):
+        """Plain causal: the stock builders, so the default is exactly stock Qwen3 (is_causal fast path,
+        packed-sequence detection and sliding layers included)."""
+        mask_kwargs = dict(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
+        )
+        mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
+        if self.model.has_sliding_layers:
+            mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+        return mapping, position_ids, {}
+
     def _lower(self, inputs_embeds, attention_mask, cache, padding, window, mask_mod, form, position_ids):
         """One mask_mod lowered for the backend: ``({layer_type: mask}, position_ids, extra kwargs)``.
 
@@ -259,19 +279,7 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
         config, backend = self.config, self.config._attn_implementation
         is_4d = isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4
         if form == {} and window["kv_positions"] is None:
-            # Plain causal: the stock builders, so the default is exactly stock Qwen3 (is_causal fast path,
-            # packed-sequence detection and sliding layers included).
-            mask_kwargs = dict(
-                config=config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                past_key_values=cache,
-                position_ids=position_ids,
-            )
-            mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
-            if self.model.has_sliding_layers:
-                mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
-            return mapping, position_ids, {}
+            return self._stock_causal(inputs_embeds, attention_mask, cache, position_ids)
 
         seen = window["q_offset"] + window["q_length"]
         no_padding = attention_mask is None or is_4d or bool(padding[:, :seen].all())
@@ -368,7 +376,7 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
         padding = kwargs.get("attention_mask")
         padding = torch.ones(batch_size, prompt, dtype=torch.bool, device=device) if padding is None else padding.bool()
         padding = torch.cat([padding.to(device), padding.new_ones(batch_size, probe)], dim=1)
-        for strategy in self._layer_groups():
+        for strategy in self._groups:
             if strategy.flash_form() == {}:
                 continue
             inputs = {name: kwargs[name] for name in strategy.inputs if kwargs.get(name) is not None}

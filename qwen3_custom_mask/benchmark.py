@@ -1,0 +1,291 @@
+"""Speed and memory against stock `Qwen3ForCausalLM` on the same weights, in one run (`qwen3-mask bench`).
+
+    qwen3-mask bench                         # CPU: Qwen3-0.6B-shaped, 2 layers, fp32 (a few minutes on 2 cores)
+    qwen3-mask bench --quick                 # smaller lengths and fewer repeats (a smoke run)
+    python scripts/benchmark.py --device cuda --layers 28 --dtype bfloat16 --markdown bench.md
+
+Measured, each as the median with min-max over --repeats:
+* prefill latency (--lengths) for stock and for every strategy x backend; a custom strategy is compared with
+  stock given the equivalent precomputed 4D mask (built outside the timed region, as a user would cache it);
+* greedy decode tokens/s (batch 1 and 8, --new-tokens) for the default strategy against stock;
+* mask construction time per forward and the bytes of the mask each backend receives;
+* peak memory of each prefill (CUDA: allocator peak; Linux CPU: resident-set high-water mark, reset per run);
+* flex_attention: attention time of sliding_window(256) and document(8 docs) against sdpa with a dense mask
+  and against the ideal (sdpa over the unmasked blocks only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeats: int, warmup: int = 1):
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times), max(times)
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak, or on Linux the RSS high-water mark (reset first)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.mib = float("nan")
+
+    @staticmethod
+    def _rss_hwm() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated() / 2**20
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+                self.base = self._rss_hwm()
+            except OSError:
+                self.base = float("nan")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated() / 2**20 - self.base
+        else:
+            self.mib = self._rss_hwm() - self.base
+
+
+def mask_bytes(mask) -> int:
+    if mask is None:
+        return 0
+    if isinstance(mask, torch.Tensor):
+        return mask.numel() * mask.element_size()
+    if isinstance(mask, dict):  # {layer_type: mask} (shared objects counted once)
+        return sum(mask_bytes(m) for m in {id(m): m for m in mask.values()}.values())
+    tensors = [getattr(mask, name) for name in dir(mask) if isinstance(getattr(mask, name, None), torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)  # BlockMask: its index tensors
+
+
+def documents(length: int, count: int, device) -> torch.Tensor:
+    bounds = torch.linspace(0, length, count + 1).long()
+    ids = torch.zeros(1, length, dtype=torch.long)
+    for doc, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        ids[0, a:b] = doc
+    return ids.to(device)
+
+
+STRATEGIES = {
+    "causal": ("causal", lambda length, device: {}),
+    "sliding_window(256)": ({"name": "sliding_window", "window": 256}, lambda length, device: {}),
+    "prefix_lm(half)": ("prefix_lm", lambda length, device: {"prefix_lengths": torch.tensor([length // 2], device=device)}),
+    "document(8 docs)": ("document", lambda length, device: {"document_ids": documents(length, 8, device)}),
+    "attention_sinks(4, 256)": ({"name": "attention_sinks", "sinks": 4, "window": 256}, lambda length, device: {}),
+}
+
+
+def build_models(args, backend, device, dtype):
+    from transformers import Qwen3ForCausalLM
+
+    from .modeling import CustomQwen3ForCausalLM
+    from .tiny import tiny_qwen3_config
+
+    config = tiny_qwen3_config(
+        hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+        num_hidden_layers=args.layers, vocab_size=args.vocab, initializer_range=0.02, max_position_embeddings=40960,
+        eos_token_id=None, bos_token_id=None,
+    )
+    config._attn_implementation = backend
+    torch.manual_seed(0)
+    stock = Qwen3ForCausalLM(config).to(device=device, dtype=dtype).eval()
+    custom = CustomQwen3ForCausalLM(config).to(device=device, dtype=dtype).eval()
+    custom.load_state_dict(stock.state_dict())
+    return stock, custom
+
+
+def fmt(t):
+    median, low, high = t
+    return f"{median * 1e3:.1f} ({low * 1e3:.1f}-{high * 1e3:.1f})"
+
+
+@torch.no_grad()
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for backend in args.backends:
+        stock, custom = build_models(args, backend, device, dtype)
+        for length in args.lengths:
+            ids = torch.randint(0, args.vocab, (1, length), device=device)
+            with PeakMemory(device) as mem:
+                base = timed(lambda: stock(ids, logits_to_keep=1, use_cache=False), device, args.repeats)
+            rows.append(dict(kind="prefill", backend=backend, length=length, strategy="stock", time=base, ratio=1.0, peak=mem.mib, mask_bytes=0, build=None))
+            for name in args.strategies:
+                spec, make_inputs = STRATEGIES[name]
+                if backend == "flex_attention" and device.type == "cpu" and length > 2048:
+                    continue  # flex on CPU compiles per shape and is slow at long lengths; run it on CUDA
+                custom.set_mask_strategy(spec)
+                inputs = make_inputs(length, device)
+                masks, _, extra = custom._build_masks(ids, None, None, None, None, None, inputs)
+                build = timed(lambda: custom._build_masks(ids, None, None, None, None, None, inputs), device, args.repeats)
+                with PeakMemory(device) as mem:
+                    t = timed(lambda: custom(ids, logits_to_keep=1, use_cache=False, **inputs), device, args.repeats)
+                if name == "causal":
+                    reference, ref_name = base, "stock"
+                else:  # stock with the same mask, precomputed as a 4D tensor the way a user would pass it
+                    dense = masks["full_attention"]
+                    if backend == "flex_attention" or dense is None:
+                        reference, ref_name = None, "-"
+                    else:
+                        positions = custom.mask_strategy.position_ids(**inputs, padding_mask=torch.ones(1, length, dtype=torch.bool, device=device))
+                        reference = timed(lambda: stock(ids, attention_mask={"full_attention": dense}, position_ids=positions, logits_to_keep=1, use_cache=False, **extra), device, args.repeats)
+                        ref_name = "stock + 4D mask"
+                ratio = t[0] / reference[0] if reference else float("nan")
+                rows.append(dict(kind="prefill", backend=backend, length=length, strategy=name, time=t, ratio=ratio, versus=ref_name,
+                                 peak=mem.mib, mask_bytes=mask_bytes(masks), build=build))
+                logger.info("%s %s %d: %s ms", backend, name, length, fmt(t))
+            custom.set_mask_strategy("causal")
+        if backend == "flex_attention" and device.type == "cpu":
+            continue  # decode on CPU flex recompiles at every new cache length (static shapes): not representative
+        for batch in args.decode_batches:
+            prompt = torch.randint(0, args.vocab, (batch, 32), device=device)
+            kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+            for label, model in (("stock", stock), ("causal", custom)):
+                t = timed(lambda: model.generate(prompt, **kwargs), device, max(1, args.repeats // 2))
+                rows.append(dict(kind="decode", backend=backend, batch=batch, strategy=label, time=t,
+                                 tokens_per_s=batch * args.new_tokens / t[0]))
+            stock_tps, ours = rows[-2]["tokens_per_s"], rows[-1]["tokens_per_s"]
+            rows[-1]["ratio"] = ours / stock_tps
+        del stock, custom
+    return rows
+
+
+@torch.no_grad()
+def attention_sparsity(args) -> list[dict]:
+    """flex_attention (BlockMask) vs sdpa with the dense mask vs the ideal (sdpa on unmasked blocks only)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from .masks.document import document as document_factory
+    from .masks.sliding_window import sliding_window as window_factory
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    length, heads, head_dim, block = args.sparse_length, 16, 128, 128
+    q = torch.randn(1, heads, length, head_dim, device=device, dtype=dtype)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    padding = torch.ones(1, length, dtype=torch.bool, device=device)
+    docs = documents(length, 8, device)
+    cases = {
+        "sliding_window(256)": window_factory(256),
+        "document(8 docs)": document_factory(document_ids=docs, padding_mask=padding),
+    }
+    compiled = torch.compile(flex_attention, dynamic=False)
+    rows = []
+    for name, mask_mod in cases.items():
+        block_mask = create_block_mask(mask_mod, 1, None, length, length, device=device)
+        grid = torch.arange(length, device=device)
+        dense = mask_mod(torch.zeros((), dtype=torch.long, device=device), None, grid[:, None], grid[None, :])[None, None]
+        flex_t = timed(lambda: compiled(q, k, v, block_mask=block_mask), device, args.repeats)
+        dense_t = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense), device, args.repeats)
+
+        def ideal():
+            # Only the key range each query block needs (window or document), no mask work beyond it.
+            for start in range(0, length, block):
+                rows_ = slice(start, start + block)
+                cols = dense[0, 0, rows_].any(0).nonzero()
+                lo, hi = int(cols.min()), int(cols.max()) + 1
+                torch.nn.functional.scaled_dot_product_attention(q[:, :, rows_], k[:, :, lo:hi], v[:, :, lo:hi], attn_mask=dense[:, :, rows_, lo:hi])
+
+        ideal_t = timed(ideal, device, args.repeats)
+        rows.append(dict(name=name, flex=flex_t, dense=dense_t, ideal=ideal_t, density=dense.float().mean().item()))
+    return rows
+
+
+def markdown(rows, sparse, args, device_name) -> str:
+    lines = [f"Machine: {device_name}; torch {torch.__version__}; Qwen3-0.6B-shaped (hidden 1024, 16 heads, 8 KV heads, "
+             f"head_dim 128), {args.layers} layers, vocab {args.vocab}, {args.dtype}; median (min-max) of {args.repeats} runs.", ""]
+    lines += ["| backend | tokens | strategy | prefill ms | vs | ratio | mask build ms | mask bytes | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["kind"] != "prefill":
+            continue
+        build = f"{r['build'][0] * 1e3:.2f}" if r.get("build") else "-"
+        lines.append(f"| {r['backend']} | {r['length']} | {r['strategy']} | {fmt(r['time'])} | {r.get('versus', '-')} | "
+                     f"{r['ratio']:.3f} | {build} | {r['mask_bytes']:,} | {r['peak']:.0f} |")
+    lines += ["", "| backend | batch | model | decode tokens/s | ratio vs stock |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["kind"] == "decode":
+            ratio = f"{r['ratio']:.3f}" if "ratio" in r else "1.000"
+            lines.append(f"| {r['backend']} | {r['batch']} | {r['strategy']} | {r['tokens_per_s']:.1f} | {ratio} |")
+    if sparse:
+        lines += ["", f"Attention only, {args.sparse_length} tokens, 16 heads (ms):", "",
+                  "| mask | density | flex BlockMask | sdpa dense mask | ideal (unmasked blocks) | flex / dense | flex / ideal |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in sparse:
+            lines.append(f"| {s['name']} | {s['density']:.3f} | {fmt(s['flex'])} | {fmt(s['dense'])} | {fmt(s['ideal'])} | "
+                         f"{s['flex'][0] / s['dense'][0]:.2f} | {s['flex'][0] / s['ideal'][0]:.2f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="qwen3-mask bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--layers", type=int, default=None, help="default: 2 on CPU, 8 on CUDA")
+    parser.add_argument("--vocab", type=int, default=32768)
+    parser.add_argument("--backends", nargs="+", default=["eager", "sdpa", "flex_attention"])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096])
+    parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sparse-length", type=int, default=4096)
+    parser.add_argument("--no-sparse", action="store_true", help="skip the flex sparsity comparison")
+    parser.add_argument("--quick", action="store_true", help="lengths 128/256, 8 new tokens, 2 repeats, sparsity at 512")
+    parser.add_argument("--markdown", help="write the Markdown tables to this file")
+    args = parser.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.layers = args.layers or (8 if cuda else 2)
+    if args.quick:
+        args.lengths, args.new_tokens, args.repeats, args.sparse_length, args.vocab = [128, 256], 8, 2, 512, 4096
+    return args
+
+
+def main(argv=None) -> str:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch._dynamo.config.automatic_dynamic_shapes = False  # see README: torch 2.13 CPU inductor + dynamic shapes
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    rows = run(args)
+    sparse = [] if args.no_sparse or "flex_attention" not in args.backends else attention_sparsity(args)
+    table = markdown(rows, sparse, args, device_name)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return table

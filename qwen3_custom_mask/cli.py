@@ -1,0 +1,279 @@
+"""``qwen3-mask``: list, draw and try mask strategies from the terminal.
+
+    qwen3-mask list
+    qwen3-mask show sliding_window --param window=3 --length 8 [--png mask.png]
+    qwen3-mask generate --strategy configs/prefix_lm.yaml "The capital of France is"
+    qwen3-mask demo                       # the README's main job, on the embedded default checkpoint
+    qwen3-mask bench                      # speed/memory against stock Qwen3ForCausalLM
+    qwen3-mask finetune --recipe configs/packed_sft.yaml --data train.jsonl --model PATH
+
+User mistakes (unknown strategy, bad parameter, missing file) print one line on stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import sys
+
+import torch
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake in the command line: reported in one line, no traceback."""
+
+
+def _value(text: str):
+    """``3`` -> 3, ``[1, 2]`` -> [1, 2], ``true`` -> True, anything else stays a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"{flag} takes key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _value(value)
+    return out
+
+
+def _spec(text: str | None, params: dict | None = None):
+    """A strategy from a name, a JSON spec or a .json/.yaml file, with --param overrides for a name."""
+    if text is None:
+        spec = "causal"
+    elif text.lstrip().startswith(("{", "[")):
+        spec = json.loads(text)
+    else:
+        spec = text
+    if params:
+        if not isinstance(spec, str) or spec.endswith((".json", ".yaml", ".yml")):
+            raise UserError("--param works with a strategy name; put parameters inside a JSON spec or file instead")
+        spec = {"name": spec, **params}
+    from .strategy import resolve_strategy
+
+    return resolve_strategy(spec)
+
+
+# ------------------------------------------------------------------------------------------------ list
+def cmd_list(args) -> None:
+    from .registry import available_masks, get_mask
+
+    for name in available_masks():
+        entry = get_mask(name)
+        params = ", ".join(
+            k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in entry.parameters.items()
+        )
+        inputs = f"  inputs: {', '.join(entry.inputs)}" if entry.inputs else ""
+        print(f"{name:<24}{entry.doc}")
+        print(f"{'':<24}params: {params or '-'}{inputs}")
+
+
+# ------------------------------------------------------------------------------------------------ show
+def cmd_show(args) -> None:
+    from .draw import density, mask_matrix, save_png, to_ascii
+
+    strategy = _spec(args.strategy, _pairs(args.param, "--param"))
+    inputs = _pairs(args.input, "--input")
+    matrix = mask_matrix(strategy, args.length, head=args.head, layer=args.layer, num_heads=args.num_heads, **inputs)
+    print(f"{json.dumps(strategy.to_dict())}  ({args.length} tokens, ■ = attend)")
+    print(to_ascii(matrix))
+    print(f"density {density(matrix):.3f} ({int(matrix.sum())} of {matrix.numel()} pairs)")
+    if args.png:
+        save_png(matrix, args.png, cell=args.cell)
+        print(f"wrote {args.png}")
+
+
+# -------------------------------------------------------------------------------------------- generate
+def _load(model_id: str | None, strategy, backend: str, device: str, dtype: str):
+    from transformers import AutoTokenizer
+
+    from .default import default_checkpoint
+    from .modeling import CustomQwen3ForCausalLM
+
+    path = str(model_id) if model_id else str(default_checkpoint())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    model = CustomQwen3ForCausalLM.from_pretrained(
+        path, attn_implementation=backend, dtype=getattr(torch, dtype), device_map=device, mask_strategy=strategy.to_dict()
+    ).eval()
+    return path, tokenizer, model
+
+
+def _generate(model, tokenizer, prompts, *, max_new_tokens: int, use_cache: bool, chat: bool, stream: bool):
+    from transformers import TextStreamer
+
+    if chat:
+        prompts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+            for p in prompts
+        ]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    extra = {}
+    if "prefix_lengths" in model.mask_strategy.inputs:  # the prompt is the prefix
+        extra["prefix_lengths"] = batch["attention_mask"].sum(-1)
+    if "document_ids" in model.mask_strategy.inputs:  # each prompt is one document
+        extra["document_ids"] = torch.zeros_like(batch["input_ids"])
+    missing = [name for name in model.mask_strategy.inputs if name not in extra]
+    if missing:
+        raise UserError(f"strategy {model.mask_strategy.name!r} needs per-call inputs {missing}; use the Python API for it")
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    with torch.no_grad():
+        out = model.generate(**batch, **extra, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache, streamer=streamer)
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+def cmd_generate(args) -> None:
+    strategy = _spec(args.strategy)
+    _, tokenizer, model = _load(args.model, strategy, args.backend, args.device, args.dtype)
+    stream = len(args.prompt) == 1
+    new = _generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache, chat=args.chat, stream=stream)
+    if not stream:
+        for prompt, tokens in zip(args.prompt, new):
+            print(f"{prompt} -> {tokenizer.decode(tokens, skip_special_tokens=True)!r}")
+
+
+# ------------------------------------------------------------------------------------------------ demo
+DEMO = [
+    ("causal", {}),
+    ("prefix_lm", {}),
+    ({"name": "sliding_window", "window": 4}, {}),
+    ({"name": "attention_sinks", "sinks": 2, "window": 4}, {}),
+    ({"name": "chunked", "chunk_size": 4}, {}),
+    ({"and": [{"name": "sliding_window", "window": 6}, {"name": "dilated_sliding_window", "window": 6, "dilation": 2}]}, {}),
+    ("bidirectional", {"use_cache": False}),
+]
+
+
+def cmd_demo(args) -> None:
+    from tqdm.auto import tqdm
+    from transformers import Qwen3ForCausalLM
+
+    from .default import default_checkpoint
+    from .draw import draw_ascii
+
+    path = str(args.model) if args.model else str(default_checkpoint())
+    print(f"model: {path}{'' if args.model else '  (embedded default: random weights, real Qwen3 tokenizer)'}")
+    _, tokenizer, model = _load(path, _spec("causal"), args.backend, args.device, "float32")
+    prompts = ["The capital of France is", "Attention masks decide"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+
+    # 1. The default strategy is stock Qwen3, bit for bit.
+    stock = Qwen3ForCausalLM.from_pretrained(path, attn_implementation=args.backend, device_map=args.device).eval()
+    with torch.no_grad():
+        same_logits = torch.equal(model(**batch).logits, stock(**batch).logits)
+        ours = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False)
+        theirs = stock.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    same_tokens = torch.equal(ours, theirs)
+    print(f"default 'causal' vs stock Qwen3ForCausalLM ({args.backend}): logits identical: {same_logits}, "
+          f"generated tokens identical: {same_tokens}")
+    if not (same_logits and same_tokens):
+        raise SystemExit("demo: the default strategy does not reproduce the stock model")
+
+    # 2. Each strategy: its mask, and a batched, left-padded generation with it.
+    for spec, options in tqdm(DEMO, desc="strategies", disable=not sys.stderr.isatty()):
+        strategy = model.set_mask_strategy(spec)
+        print(f"\n== {json.dumps(strategy.to_dict())}")
+        print(draw_ascii(strategy, 10, **({"prefix_lengths": [4]} if "prefix_lengths" in strategy.inputs else {})))
+        new = _generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, use_cache=options.get("use_cache", True), chat=False, stream=False)
+        for prompt, tokens in zip(prompts, new):
+            print(f"   {prompt!r} -> {tokenizer.decode(tokens, skip_special_tokens=True)!r}")
+    print("\ndone: every strategy ran through from_pretrained + generate; see `qwen3-mask list` for the rest.")
+
+
+# ----------------------------------------------------------------------------------- bench / finetune
+def cmd_bench(args, rest) -> None:
+    from .benchmark import main as bench_main
+
+    bench_main(rest)
+
+
+def cmd_finetune(args, rest) -> None:
+    from .finetune import main as finetune_main
+
+    finetune_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qwen3-mask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="registered strategies, their parameters and inputs")
+
+    show = sub.add_parser("show", help="draw a strategy's mask")
+    show.add_argument("strategy", help="name, JSON spec, or .json/.yaml file")
+    show.add_argument("--param", action="append", metavar="K=V", help="strategy parameter (JSON value), repeatable")
+    show.add_argument("--input", action="append", metavar="K=V", help="per-call input, e.g. prefix_lengths=[3]")
+    show.add_argument("--length", type=int, default=12)
+    show.add_argument("--head", type=int, default=0)
+    show.add_argument("--num-heads", type=int)
+    show.add_argument("--layer", type=int, default=0)
+    show.add_argument("--png", help="also write the mask as a PNG")
+    show.add_argument("--cell", type=int, default=8, help="PNG pixels per cell")
+
+    def model_args(p):
+        p.add_argument("--model", help="checkpoint path or hub id (default: the embedded default)")
+        p.add_argument("--backend", default="sdpa", help="attn_implementation: eager, sdpa, flex_attention, flash_attention_2")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--max-new-tokens", type=int, default=16)
+
+    gen = sub.add_parser("generate", help="generate with a strategy, streaming the tokens")
+    model_args(gen)
+    gen.add_argument("--strategy", help="name, JSON spec, or .json/.yaml file (default: causal)")
+    gen.add_argument("--dtype", default="float32")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
+    gen.add_argument("--no-cache", action="store_true", help="recompute the mask at each step (bidirectional)")
+    gen.add_argument("prompt", nargs="+")
+
+    demo = sub.add_parser("demo", help="the main job: every strategy on the embedded default, checked against stock")
+    model_args(demo)
+
+    sub.add_parser("bench", help="benchmark against stock Qwen3ForCausalLM (options: qwen3-mask bench --help)", add_help=False)
+    sub.add_parser("finetune", help="fine-tune with a strategy (options: qwen3-mask finetune --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    if rest and args.command not in ("bench", "finetune"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    commands = {"list": cmd_list, "show": cmd_show, "generate": cmd_generate, "demo": cmd_demo}
+    try:
+        if args.command in ("bench", "finetune"):
+            {"bench": cmd_bench, "finetune": cmd_finetune}[args.command](args, rest)
+        else:
+            commands[args.command](args)
+    except (UserError, ValueError, TypeError, KeyError, FileNotFoundError, ImportError, json.JSONDecodeError) as err:
+        if args.verbose:
+            raise
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print(f"qwen3-mask: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `qwen3-mask list | head`
+        return 0
+    except OSError as err:  # e.g. a model path that is neither a folder nor a reachable hub id
+        if args.verbose:
+            raise
+        print(f"qwen3-mask: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
