@@ -7,6 +7,10 @@ from typing import Any
 from transformers import Qwen3Config
 
 
+# Bumped when the saved spec format changes meaning; a config from a newer format is refused, not misread.
+MASK_SPEC_VERSION = 1
+
+
 class CustomQwen3Config(Qwen3Config):
     """A `Qwen3Config` that records ``mask_strategy`` as ``{"name": ..., **params}`` (None means causal).
 
@@ -17,10 +21,18 @@ class CustomQwen3Config(Qwen3Config):
 
     model_type = "qwen3_custom_mask"
     mask_strategy: dict | str | None = None
+    mask_spec_version: int = MASK_SPEC_VERSION
 
     @classmethod
     def get_config_dict(cls, *args, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
         if config_dict.get("model_type") == Qwen3Config.model_type:
             config_dict = {**config_dict, "model_type": cls.model_type}
+        version = config_dict.get("mask_spec_version", MASK_SPEC_VERSION)
+        if not isinstance(version, int) or version > MASK_SPEC_VERSION:
+            raise ValueError(
+                f"This checkpoint's mask_strategy was written by a newer qwen3-custom-mask (mask_spec_version "
+                f"{version!r}; this version reads up to {MASK_SPEC_VERSION}). Upgrade: pip install -U qwen3-custom-mask. "
+                f"Its weights still load in transformers' stock Qwen3ForCausalLM."
+            )
         return config_dict, kwargs

@@ -76,7 +76,9 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
 
     def __init__(self, config):
         if not isinstance(config, CustomQwen3Config):  # a plain Qwen3Config: same fields, no strategy
-            config = CustomQwen3Config(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
+            plain = config
+            config = CustomQwen3Config(**{k: v for k, v in plain.to_dict().items() if k != "model_type"})
+            config._attn_implementation_internal = plain._attn_implementation_internal  # not part of to_dict()
         super().__init__(config)
         for idx, layer in enumerate(self.model.layers):
             layer.register_forward_pre_hook(partial(_pick_layer_mask, idx), with_kwargs=True)

@@ -1,0 +1,111 @@
+"""qwen3-mask, run as users run it: a subprocess per subcommand, success and error paths."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+ENV_KEYS = {"TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """Where the embedded default checkpoint gets built (once for this module)."""
+    return tmp_path_factory.mktemp("qwen3-mask-home")
+
+
+def cli(*args, home=None, check=True):
+    env = {**os.environ, **ENV_KEYS}
+    if home is not None:
+        env["QWEN3_MASK_HOME"] = str(home)
+    proc = subprocess.run([sys.executable, "-m", "qwen3_custom_mask.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_list_names_every_strategy_with_params_and_inputs():
+    from qwen3_custom_mask import available_masks
+
+    out = cli("list").stdout
+    for name in available_masks():
+        assert f"\n{name} " in f"\n{out}"
+    assert "window=4096" in out and "inputs: prefix_lengths" in out
+
+
+def test_show_draws_the_mask_and_writes_a_png(tmp_path):
+    png = tmp_path / "m.png"
+    out = cli("show", "sliding_window", "--param", "window=2", "--length", "4", "--png", png, "--cell", "2").stdout
+    assert "  3   ⬚ ⬚ ■ ■" in out
+    assert "density 0.438 (7 of 16 pairs)" in out
+    assert Image.open(png).size == (8, 8)
+    out = cli("show", "prefix_lm", "--input", "prefix_lengths=[2]", "--length", "3").stdout
+    assert "  0   ■ ■ ⬚" in out
+    out = cli("show", '{"and": ["causal", {"name": "chunked", "chunk_size": 2}]}', "--length", "4").stdout
+    assert "  2   ⬚ ⬚ ■ ⬚" in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("show", "nope"), "Unknown mask strategy 'nope'. Known strategies: attention_sinks"),
+        (("show", "sliding_window", "--param", "window=-1"), "window must be a positive integer, got -1"),
+        (("show", "sliding_window", "--param", "window"), "--param takes key=value"),
+        (("show", "configs/missing.yaml"), "missing.yaml"),
+        (("show", "{bad json"), "error:"),
+        (("show", "prefix_lm"), "needs `prefix_lengths`"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(args, message):
+    proc = cli(*args, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("qwen3-mask: error:") and message in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_generate_streams_and_batches(home):
+    single = cli("generate", "--max-new-tokens", "4", "--strategy", "configs/prefix_lm.yaml", "Hello there", home=home)
+    assert single.stdout.strip()  # streamed text
+    batch = cli("generate", "--max-new-tokens", "3", "--chat", "a", "bb", home=home).stdout
+    assert batch.count(" -> ") == 2
+    refused = cli("generate", "--strategy", "bidirectional", "x", home=home, check=False)
+    assert refused.returncode == 2 and "use_cache=False" in refused.stderr and "Traceback" not in refused.stderr
+    ok = cli("generate", "--strategy", "bidirectional", "--no-cache", "--max-new-tokens", "2", "x", home=home)
+    assert ok.returncode == 0
+
+
+def test_demo_is_the_readme_main_job(home):
+    out = cli("demo", "--max-new-tokens", "4", home=home).stdout
+    assert "logits identical: True, generated tokens identical: True" in out
+    for name in ("causal", "prefix_lm", "sliding_window", "attention_sinks", "chunked", "bidirectional"):
+        assert f'"name": "{name}"' in out
+    files = {p.name for p in home.iterdir()}  # QWEN3_MASK_HOME is the checkpoint folder
+    assert {"config.json", "tokenizer.json", "model.safetensors.index.json"} <= files  # official layout, sharded
+
+
+def test_embedded_tokenizer_is_qwen3():
+    from qwen3_custom_mask.tokenizer import qwen3_tokenizer
+
+    tok = qwen3_tokenizer()
+    assert tok("Hello world!")["input_ids"] == [9707, 1879, 0]  # as Qwen/Qwen3-* tokenize it
+    assert [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")] == [
+        151643, 151644, 151645, 151667, 151668
+    ]
+    assert tok.pad_token_id == 151643 and tok.eos_token_id == 151645
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def test_bench_quick_prints_ratios_against_stock():
+    out = cli("bench", "--vocab", "4096", "--backends", "sdpa", "--strategies", "causal", "sliding_window(256)",
+              "--lengths", "64", "--decode-batches", "1", "--new-tokens", "2", "--repeats", "1", "--no-sparse").stdout
+    assert "| sdpa | 64 | causal |" in out and "| sdpa | 64 | sliding_window(256) |" in out and "stock + 4D mask" in out
+    assert "| sdpa | 1 | causal |" in out
+
+
+def test_finetune_subcommand_help():
+    out = cli("finetune", "--help").stdout
+    assert "--recipe" in out and "--lora" in out
