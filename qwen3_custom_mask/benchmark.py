@@ -45,6 +45,20 @@ def timed(fn, device, repeats: int, warmup: int = 1):
     return statistics.median(times), min(times), max(times)
 
 
+def timed_pair(fn_a, fn_b, device, repeats: int):
+    """Times two functions alternately (a, b, a, b, ...) so that machine drift hits both alike."""
+    fn_a(), fn_b()
+    _sync(device)
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - start)
+    return tuple((statistics.median(t), min(t), max(t)) for t in times)
+
+
 class PeakMemory:
     """Peak memory of a block: CUDA allocator peak, or on Linux the RSS high-water mark (reset first)."""
 
@@ -138,30 +152,32 @@ def run(args) -> list[dict]:
     for backend in args.backends:
         stock, custom = build_models(args, backend, device, dtype)
         for length in args.lengths:
+            if backend == "flex_attention" and device.type == "cpu" and length > 2048:
+                continue  # flex on CPU compiles per shape and is slow at long lengths; run it on CUDA
             ids = torch.randint(0, args.vocab, (1, length), device=device)
             with PeakMemory(device) as mem:
                 base = timed(lambda: stock(ids, logits_to_keep=1, use_cache=False), device, args.repeats)
             rows.append(dict(kind="prefill", backend=backend, length=length, strategy="stock", time=base, ratio=1.0, peak=mem.mib, mask_bytes=0, build=None))
             for name in args.strategies:
                 spec, make_inputs = STRATEGIES[name]
-                if backend == "flex_attention" and device.type == "cpu" and length > 2048:
-                    continue  # flex on CPU compiles per shape and is slow at long lengths; run it on CUDA
                 custom.set_mask_strategy(spec)
                 inputs = make_inputs(length, device)
                 masks, _, extra = custom._build_masks(ids, None, None, None, None, None, inputs)
                 build = timed(lambda: custom._build_masks(ids, None, None, None, None, None, inputs), device, args.repeats)
-                with PeakMemory(device) as mem:
-                    t = timed(lambda: custom(ids, logits_to_keep=1, use_cache=False, **inputs), device, args.repeats)
+                ours = lambda: custom(ids, logits_to_keep=1, use_cache=False, **inputs)  # noqa: E731
                 if name == "causal":
-                    reference, ref_name = base, "stock"
+                    t, reference = timed_pair(ours, lambda: stock(ids, logits_to_keep=1, use_cache=False), device, args.repeats)
+                    ref_name = "stock"
+                elif backend == "flex_attention" or masks["full_attention"] is None:
+                    t, reference, ref_name = timed(ours, device, args.repeats), None, "-"
                 else:  # stock with the same mask, precomputed as a 4D tensor the way a user would pass it
                     dense = masks["full_attention"]
-                    if backend == "flex_attention" or dense is None:
-                        reference, ref_name = None, "-"
-                    else:
-                        positions = custom.mask_strategy.position_ids(**inputs, padding_mask=torch.ones(1, length, dtype=torch.bool, device=device))
-                        reference = timed(lambda: stock(ids, attention_mask={"full_attention": dense}, position_ids=positions, logits_to_keep=1, use_cache=False, **extra), device, args.repeats)
-                        ref_name = "stock + 4D mask"
+                    positions = custom.mask_strategy.position_ids(**inputs, padding_mask=torch.ones(1, length, dtype=torch.bool, device=device))
+                    theirs = lambda: stock(ids, attention_mask={"full_attention": dense}, position_ids=positions, logits_to_keep=1, use_cache=False, **extra)  # noqa: E731
+                    t, reference = timed_pair(ours, theirs, device, args.repeats)
+                    ref_name = "stock + 4D mask"
+                with PeakMemory(device) as mem:
+                    ours()
                 ratio = t[0] / reference[0] if reference else float("nan")
                 rows.append(dict(kind="prefill", backend=backend, length=length, strategy=name, time=t, ratio=ratio, versus=ref_name,
                                  peak=mem.mib, mask_bytes=mask_bytes(masks), build=build))
@@ -172,12 +188,12 @@ def run(args) -> list[dict]:
         for batch in args.decode_batches:
             prompt = torch.randint(0, args.vocab, (batch, 32), device=device)
             kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
-            for label, model in (("stock", stock), ("causal", custom)):
-                t = timed(lambda: model.generate(prompt, **kwargs), device, max(1, args.repeats // 2))
+            times = timed_pair(lambda: stock.generate(prompt, **kwargs), lambda: custom.generate(prompt, **kwargs), device,
+                               max(2, args.repeats // 2))
+            for label, t in zip(("stock", "causal"), times):
                 rows.append(dict(kind="decode", backend=backend, batch=batch, strategy=label, time=t,
                                  tokens_per_s=batch * args.new_tokens / t[0]))
-            stock_tps, ours = rows[-2]["tokens_per_s"], rows[-1]["tokens_per_s"]
-            rows[-1]["ratio"] = ours / stock_tps
+            rows[-1]["ratio"] = rows[-1]["tokens_per_s"] / rows[-2]["tokens_per_s"]
         del stock, custom
     return rows
 
@@ -279,11 +295,12 @@ def main(argv=None) -> str:
 
     hf_logging.set_verbosity_error()
     torch._dynamo.config.automatic_dynamic_shapes = False  # see README: torch 2.13 CPU inductor + dynamic shapes
+    torch._dynamo.config.recompile_limit = 256  # static shapes: one compile per length, never the eager fallback
     args = parse_args(argv)
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    rows = run(args)
     sparse = [] if args.no_sparse or "flex_attention" not in args.backends else attention_sparsity(args)
+    rows = run(args)
     table = markdown(rows, sparse, args, device_name)
     print(table)
     if args.markdown:

@@ -18,6 +18,11 @@ CASES = [
     ("bidirectional", {}),
     ({"name": "sliding_window", "window": 3}, {}),
     ("prefix_lm", {"prefix_lengths": torch.tensor([4, 6])}),
+    ({"name": "sliding_window", "window": [1, 2, 4, 7]}, {}),
+    ({"name": "attention_sinks", "sinks": 2, "window": 3}, {}),
+    ({"name": "chunked", "chunk_size": 4}, {}),
+    ({"name": "global_tokens", "tokens": [0, 5], "window": 3}, {}),
+    ({"and": ["prefix_lm", {"name": "sliding_window", "window": 4}]}, {"prefix_lengths": torch.tensor([4, 6])}),
 ]
 
 

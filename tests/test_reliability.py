@@ -131,3 +131,26 @@ def test_a_plain_qwen3_config_keeps_its_attention_backend():
         config = tiny_qwen3_config()
         config._attn_implementation = backend
         assert CustomQwen3ForCausalLM(config).config._attn_implementation == backend
+
+
+@torch.no_grad()
+def test_8192_token_forward_builds_one_mask_for_all_layers(checkpoint, monkeypatch):
+    """A long CPU forward with a custom strategy lowers the mask once and hands the same object to every layer."""
+    import qwen3_custom_mask.modeling as modeling
+
+    model = CustomQwen3ForCausalLM.from_pretrained(
+        checkpoint, attn_implementation="sdpa", mask_strategy={"name": "sliding_window", "window": 1024}, max_position_embeddings=8192
+    ).eval()
+    calls, seen = [], []
+    real_lower = modeling.lower
+    monkeypatch.setattr(modeling, "lower", lambda *a, **k: calls.append(1) or real_lower(*a, **k))
+    hooks = [layer.self_attn.register_forward_pre_hook(lambda m, a, k: seen.append(k["attention_mask"]), with_kwargs=True)
+             for layer in model.model.layers]
+    try:
+        out = model(torch.randint(0, 250, (1, 8192)), logits_to_keep=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.isfinite(out.logits).all()
+    assert len(calls) == 1  # one lowering per forward, not per layer
+    assert len(seen) == 2 and seen[0] is seen[1] and seen[0].shape == (1, 1, 8192, 8192)
