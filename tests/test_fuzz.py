@@ -18,7 +18,7 @@ from qwen3_custom_mask import resolve_strategy
 from qwen3_custom_mask.reference import reference_logits, reference_mask
 
 LONG = os.environ.get("QWEN3_MASK_FUZZ") == "long"
-CASES = 400 if LONG else 30
+CASES = int(os.environ.get("QWEN3_MASK_FUZZ_CASES", 400 if LONG else 30))
 BACKENDS = ["eager", "sdpa", "flex_attention"] if LONG else ["eager", "sdpa"]
 COUNTER = {"cases": 0}
 
