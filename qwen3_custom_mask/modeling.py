@@ -26,10 +26,10 @@ from .cache import BoundedCache
 from .configuration import CustomQwen3Config
 from .lowering import FLASH_BACKENDS, dense_mask, lower
 from .masks._checks import first_real_token
-from .masks.document import _document_ids
+from .masks.document import document_ids_of
 from .masks.user_mask import check_user_mask, user_mask
 from .registry import mask_input_names
-from .strategy import LayeredStrategy, Strategy, resolve_strategy
+from .strategy import Strategy, resolve_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,9 @@ class PerLayerMasks(dict):
 
 
 def _pick_layer_mask(layer_idx: int, module, args, kwargs):
-    masks = kwargs.get("attention_mask")
-    if isinstance(masks, PerLayerMasks):
-        mask, extra = masks[layer_idx]
+    per_layer = kwargs.get("attention_mask")
+    if isinstance(per_layer, PerLayerMasks):
+        mask, extra = per_layer[layer_idx]
         return args, {**kwargs, "attention_mask": mask, **extra}
     return None
 
@@ -339,7 +339,7 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
             # Read the boundaries once from the prompt's positions: later steps only see the new positions.
             positions = torch.as_tensor(kwargs["position_ids"])
             padding = torch.ones(positions.shape[0], positions.shape[-1], dtype=torch.bool, device=positions.device)
-            kwargs["document_ids"] = _document_ids(None, positions, padding)
+            kwargs["document_ids"] = document_ids_of(None, positions, padding)
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:
             if input_ids is None:
                 raise ValueError("generate() with a 4D attention_mask needs input_ids of shape (batch, prompt).")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .masks.tree import ancestor_matrix
+from .masks.tree import ancestor_matrix, parent_indices
 
 
 @dataclass
@@ -58,7 +58,7 @@ def verify_draft_tree(model, past_key_values: DynamicCache, last_logits: torch.T
         draft_tokens[None], attention_mask=mask, position_ids=positions, past_key_values=past_key_values, use_cache=True
     ).logits[0]
 
-    parents = [_parent(matrix, i) for i in range(size)]
+    parents = parent_indices(matrix).tolist()
     accepted, node, current = [], -1, last_logits.view(-1)
     while True:
         want = int(current.argmax())
@@ -75,8 +75,3 @@ def verify_draft_tree(model, past_key_values: DynamicCache, last_logits: torch.T
     tokens = torch.cat([draft_tokens[accepted], bonus])
     return TreeVerification(tokens=tokens, accepted=accepted, next_logits=current)
 
-
-def _parent(matrix: torch.Tensor, i: int) -> int:
-    """The nearest strict ancestor of node i, or -1."""
-    ancestors = matrix[i, :i].nonzero().view(-1)
-    return int(ancestors[-1]) if ancestors.numel() else -1

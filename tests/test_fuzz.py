@@ -8,7 +8,6 @@ The default profile is bounded for CI; QWEN3_MASK_FUZZ=long runs the long one (m
 
 import os
 
-import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st

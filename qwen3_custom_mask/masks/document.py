@@ -26,7 +26,7 @@ from transformers.masking_utils import find_packed_sequence_indices
 from ..registry import register_mask
 
 
-def _document_ids(document_ids, position_ids, padding_mask) -> torch.Tensor:
+def document_ids_of(document_ids, position_ids, padding_mask) -> torch.Tensor:
     """(batch, total) document index of every token, validated."""
     batch, total = padding_mask.shape
     if document_ids is None:
@@ -55,7 +55,7 @@ def _document_ids(document_ids, position_ids, padding_mask) -> torch.Tensor:
 
 def document_positions(document_ids=None, padding_mask=None):
     """Positions that restart at 0 at each document's first real token (padding stays at 0)."""
-    ids = _document_ids(document_ids, None, padding_mask)
+    ids = document_ids_of(document_ids, None, padding_mask)
     real = padding_mask.long()
     starts = torch.ones_like(ids, dtype=torch.bool)
     starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
@@ -73,7 +73,7 @@ def document(causal: bool = True, document_ids=None, position_ids=None, padding_
         raise ValueError(f"document: causal must be true or false, got {causal!r}.")
     if padding_mask is None:  # validation call at resolve time: nothing to check yet
         return lambda b, h, q, kv: kv <= q
-    ids = _document_ids(document_ids, position_ids, padding_mask)
+    ids = document_ids_of(document_ids, position_ids, padding_mask)
 
     def mask_mod(batch_idx, head_idx, q_idx, kv_idx):
         same = ids[batch_idx, q_idx] == ids[batch_idx, kv_idx]

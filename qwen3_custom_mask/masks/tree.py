@@ -23,6 +23,15 @@ import torch
 from ..registry import register_mask
 
 
+def parent_indices(matrix: torch.Tensor) -> torch.Tensor:
+    """Parents (..., T) read off an ancestor-or-self matrix (..., T, T): each token's nearest (latest) strict
+    ancestor, or -1 for a child of the prefix."""
+    size = matrix.shape[-1]
+    strict = matrix & ~torch.eye(size, dtype=torch.bool, device=matrix.device)
+    index = torch.arange(size, device=matrix.device)
+    return torch.where(strict.any(-1), (strict * (index + 1)).amax(-1) - 1, -1)
+
+
 def ancestor_matrix(draft_tree) -> torch.Tensor:
     """(batch, T, T) bool ancestor-or-self matrix from parents or from a matrix, checked to be a tree."""
     tree = torch.as_tensor(draft_tree)
@@ -31,11 +40,7 @@ def ancestor_matrix(draft_tree) -> torch.Tensor:
         if matrix.dim() != 3 or matrix.shape[-1] != matrix.shape[-2]:
             raise ValueError(f"tree: an ancestor matrix must have shape (T, T) or (batch, T, T), got {tuple(tree.shape)}.")
         # Rebuild parents (the nearest ancestor) and check that they imply exactly this matrix.
-        size = matrix.shape[-1]
-        strict = matrix & ~torch.eye(size, dtype=torch.bool, device=matrix.device)
-        index = torch.arange(size, device=matrix.device)
-        parents = torch.where(strict.any(-1), (strict * (index + 1)).amax(-1) - 1, -1)
-        rebuilt = ancestor_matrix(parents)
+        rebuilt = ancestor_matrix(parent_indices(matrix))
         if not torch.equal(rebuilt, matrix):
             raise ValueError(
                 "tree: draft_tree is not a tree ancestor matrix: it needs True on the diagonal, ancestors before "
