@@ -4,7 +4,13 @@
 """
 
 from .configuration import CustomQwen3Config
-from .modeling import CustomQwen3ForCausalLM
+from .modeling import (
+    CustomQwen3ForCausalLM,
+    CustomQwen3ForQuestionAnswering,
+    CustomQwen3ForSequenceClassification,
+    CustomQwen3ForTokenClassification,
+    CustomQwen3Model,
+)
 from .cache import BoundedCache
 from .registry import ENTRY_POINT_GROUP, available_masks, get_mask, register_mask, unregister_mask
 from .speculative import TreeVerification, verify_draft_tree
@@ -19,6 +25,10 @@ __all__ = [
     "Strategy",
     "CustomQwen3Config",
     "CustomQwen3ForCausalLM",
+    "CustomQwen3ForQuestionAnswering",
+    "CustomQwen3ForSequenceClassification",
+    "CustomQwen3ForTokenClassification",
+    "CustomQwen3Model",
     "ENTRY_POINT_GROUP",
     "MaskStrategy",
     "available_masks",

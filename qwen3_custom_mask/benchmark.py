@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .masking import LayerMasks, layer_mask
+
 logger = logging.getLogger(__name__)
 
 
@@ -97,6 +99,8 @@ def mask_bytes(mask) -> int:
         return 0
     if isinstance(mask, torch.Tensor):
         return mask.numel() * mask.element_size()
+    if isinstance(mask, LayerMasks):  # {layer_idx: (mask, kwargs)} (shared masks counted once)
+        return sum(mask_bytes(m) for m in {id(m): m for m, _ in mask.values()}.values())
     if isinstance(mask, dict):  # {layer_type: mask} (shared objects counted once)
         return sum(mask_bytes(m) for m in {id(m): m for m in mask.values()}.values())
     tensors = [getattr(mask, name) for name in dir(mask) if isinstance(getattr(mask, name, None), torch.Tensor)]
@@ -162,16 +166,16 @@ def run(args) -> list[dict]:
                 spec, make_inputs = STRATEGIES[name]
                 custom.set_mask_strategy(spec)
                 inputs = make_inputs(length, device)
-                masks, _, extra = custom._build_masks(ids, None, None, None, None, None, inputs)
-                build = timed(lambda: custom._build_masks(ids, None, None, None, None, None, inputs), device, args.repeats)
+                masks, _ = custom.model.attention_masks(ids, **inputs)
+                build = timed(lambda: custom.model.attention_masks(ids, **inputs), device, args.repeats)
                 ours = lambda: custom(ids, logits_to_keep=1, use_cache=False, **inputs)  # noqa: E731
                 if name == "causal":
                     t, reference = timed_pair(ours, lambda: stock(ids, logits_to_keep=1, use_cache=False), device, args.repeats)
                     ref_name = "stock"
-                elif backend == "flex_attention" or masks["full_attention"] is None:
+                elif backend == "flex_attention" or layer_mask(masks, 0)[0] is None:
                     t, reference, ref_name = timed(ours, device, args.repeats), None, "-"
                 else:  # stock with the same mask, precomputed as a 4D tensor the way a user would pass it
-                    dense = masks["full_attention"]
+                    dense, extra = layer_mask(masks, 0)
                     positions = custom.mask_strategy.position_ids(**inputs, padding_mask=torch.ones(1, length, dtype=torch.bool, device=device))
                     theirs = lambda: stock(ids, attention_mask={"full_attention": dense}, position_ids=positions, logits_to_keep=1, use_cache=False, **extra)  # noqa: E731
                     t, reference = timed_pair(ours, theirs, device, args.repeats)

@@ -1,168 +1,172 @@
-"""The Qwen3 glue: CustomQwen3ForCausalLM builds the attention mask from its strategy, once per forward.
+"""The Qwen3 glue: `CustomQwen3Model`, the body, builds the attention masks from its strategy; every head sits on it.
 
-Stock `Qwen3Model.forward` accepts ``attention_mask`` as a ready ``{layer_type: mask}`` dict and then skips
-its own mask creation, so the plugin needs no patching: this class lowers the strategy (see lowering.py)
-and hands the dict down. Every layer of a type shares one mask object.
+Where stock `Qwen3Model.forward` builds causal masks, the body builds the strategy's (masking.py) and hands
+the ready ``{layer_type: mask}`` dict to stock's forward, which skips its own mask creation: nothing in
+transformers is patched. The heads (causal LM, sequence / token classification, question answering) are
+stock's, on this body, so ``model.model(...)``, ``AutoModel`` and every ``AutoModelFor...`` honour the strategy.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from functools import partial
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, Qwen3ForCausalLM
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import (
-    and_masks,
-    create_causal_mask,
-    create_sliding_window_causal_mask,
-    sliding_window_overlay,
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3ForQuestionAnswering,
+    Qwen3ForSequenceClassification,
+    Qwen3ForTokenClassification,
+    Qwen3Model,
 )
+from transformers.cache_utils import DynamicCache
+from transformers.models.qwen3.modeling_qwen3 import Qwen3PreTrainedModel
+from transformers.utils.generic import merge_with_config_defaults
 
 from . import masks  # noqa: F401  (registers the built-in strategies)
-from .cache import BoundedCache
 from .configuration import CustomQwen3Config
-from .lowering import FLASH_BACKENDS, dense_mask, lower
-from .masks._checks import first_real_token
-from .masks.document import document_ids_of
-from .masks.user_mask import check_user_mask, user_mask
+from .generation import MaskedGenerationMixin
+from .lowering import FLASH_BACKENDS
+from .masking import LayerMasks, build_masks, flash_error, pick_layer_mask
 from .registry import mask_input_names
 from .strategy import Strategy, resolve_strategy
 
 logger = logging.getLogger(__name__)
 
-# How many generated positions generate() probes when it checks that prompt rows never look ahead.
-_LOOKAHEAD_PROBE = 16
+# Per-call inputs of the built-in strategies. They are named in every forward() signature (see
+# `with_mask_inputs`), so that Trainer's default remove_unused_columns=True keeps those dataset columns.
+BUILTIN_MASK_INPUTS = ("prefix_lengths", "document_ids", "draft_tree")
 
 
-def _flash_error(what: str, backend: str) -> str:
-    return (
-        f"The {what} mask cannot be expressed by {backend}, which supports only causal, bidirectional and "
-        f"sliding-window masks (plus padding). Load the model with attn_implementation='sdpa' or "
-        f"'flex_attention' for it."
-    )
+def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
+    """A plain `Qwen3Config` (same fields, no strategy) as a `CustomQwen3Config`; the backend choice is kept."""
+    if isinstance(config, CustomQwen3Config):
+        return config
+    custom = CustomQwen3Config(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
+    custom._attn_implementation_internal = config._attn_implementation_internal  # not part of to_dict()
+    return custom
 
 
-class PerLayerMasks(dict):
-    """``{layer_idx: (mask, extra attention kwargs)}`` for per-layer strategies.
+class CustomQwen3Model(Qwen3Model):
+    """`Qwen3Model` whose attention masks come from a registered strategy (default: ``"causal"``, stock exactly).
 
-    Stock Qwen3Model picks a layer's mask by layer *type*; a per-layer strategy puts one of these under every
-    type, and a forward pre-hook on each decoder layer swaps in that layer's own mask.
-    """
-
-
-def _pick_layer_mask(layer_idx: int, module, args, kwargs):
-    per_layer = kwargs.get("attention_mask")
-    if isinstance(per_layer, PerLayerMasks):
-        mask, extra = per_layer[layer_idx]
-        return args, {**kwargs, "attention_mask": mask, **extra}
-    return None
-
-
-class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
-    """`Qwen3ForCausalLM` whose attention mask comes from a registered strategy (default: ``"causal"``).
-
-    Extra forward()/generate() inputs:
-        attention_mask: 2D (batch, past + new tokens) padding mask as usual, or a boolean 4D
-            (batch, 1 or heads, new tokens, past + new tokens) mask, True = attend, that replaces the strategy
-            for that call. generate() takes a 4D (batch, 1 or heads, prompt, prompt) mask too: the prompt keeps
-            it and generated tokens attend causally to every earlier non-padding token.
-        the strategy's per-call inputs, e.g. ``prefix_lengths`` (batch,) for ``prefix_lm``.
+    forward() takes stock's inputs plus the strategy's per-call inputs (e.g. ``prefix_lengths`` (batch,) for
+    ``prefix_lm``); ``attention_mask`` may be a 2D padding mask, a 4D mask (bool, 0/1 or additive float) or a
+    ready ``{layer_type: mask}`` dict (see masking.py for what each means).
     """
 
     config_class = CustomQwen3Config
 
-    def __init__(self, config):
-        if not isinstance(config, CustomQwen3Config):  # a plain Qwen3Config: same fields, no strategy
-            plain = config
-            config = CustomQwen3Config(**{k: v for k, v in plain.to_dict().items() if k != "model_type"})
-            config._attn_implementation_internal = plain._attn_implementation_internal  # not part of to_dict()
-        super().__init__(config)
-        for idx, layer in enumerate(self.model.layers):
-            layer.register_forward_pre_hook(partial(_pick_layer_mask, idx), with_kwargs=True)
-        self.set_mask_strategy(config.mask_strategy)
+    def __init__(self, config: Qwen3Config):
+        super().__init__(as_custom_config(config))
+        for idx, layer in enumerate(self.layers):
+            layer.register_forward_pre_hook(partial(pick_layer_mask, idx), with_kwargs=True)
+        self.set_mask_strategy(self.config.mask_strategy)
 
-    # ----------------------------------------------------------------------------------------- strategy
     @property
     def mask_strategy(self) -> Strategy:
         return self._mask_strategy
 
     def set_mask_strategy(self, spec: str | dict | Strategy | None) -> Strategy:
         """Switches the strategy (a spec: name, ``{"name": ..., **params}``, composition, per-layer dict, or
-        None for causal) and records it in the config, so save_pretrained keeps it."""
+        None for causal), checked against this model, and records it in the config for save_pretrained."""
         strategy = resolve_strategy(spec)
-        num_layers = len(self.model.layers)
-        strategy.check_layers(num_layers)
-        backend = self.config._attn_implementation
+        config, num_layers = self.config, len(self.layers)
+        strategy.check_model(num_layers=num_layers, num_heads=config.num_attention_heads)
+        backend = config._attn_implementation
         if backend in FLASH_BACKENDS:
             for idx in range(num_layers):
                 if strategy.for_layer(idx).flash_form() is None:
-                    raise ValueError(_flash_error(repr(strategy.for_layer(idx).name), backend))
+                    raise ValueError(flash_error(repr(strategy.for_layer(idx).name), backend))
+        groups: dict[Strategy, list[int]] = {}
+        for idx in range(num_layers):
+            groups.setdefault(strategy.for_layer(idx), []).append(idx)
+        # Plain tuples and bools: what forward() reads stays cheap to guard under torch.compile.
         self._mask_strategy = strategy
-        self._groups = self._layer_groups()
-        self.config.mask_strategy = strategy.to_dict()
+        self.mask_groups = tuple((s, tuple(layers)) for s, layers in groups.items())
+        self.mask_strategy_is_causal = len(groups) == 1 and strategy.for_layer(0).flash_form() == {}
+        self.all_layers = tuple(range(num_layers))
+        config.mask_strategy = strategy.to_dict()
         # flash-attention reads the window from each attention module (stock passes `module.sliding_window`).
-        for idx, layer in enumerate(self.model.layers):
+        for idx, layer in enumerate(self.layers):
             window = strategy.for_layer(idx).flash_form() or {}
             attn = layer.self_attn
-            stock = self.config.sliding_window if attn.layer_type == "sliding_attention" else None
+            stock = config.sliding_window if attn.layer_type == "sliding_attention" else None
             windows = [w for w in (stock, window.get("sliding_window")) if w]
             attn.sliding_window = min(windows) if windows else None
         return strategy
 
-    def _layer_groups(self) -> dict[Strategy, list[int]]:
-        """The distinct strategies of the model and the layers each one drives."""
-        groups: dict[Strategy, list[int]] = {}
-        for idx in range(len(self.model.layers)):
-            groups.setdefault(self.mask_strategy.for_layer(idx), []).append(idx)
-        return groups
-
-    # ------------------------------------------------------------------------------------------ forward
+    @merge_with_config_defaults
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | dict | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        prompt_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ):
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         mask_inputs = self._pop_mask_inputs(kwargs)
-        if isinstance(attention_mask, dict):  # already lowered by the caller: stock behaviour
-            if mask_inputs or prompt_attention_mask is not None:
-                raise ValueError("Per-call mask inputs cannot be combined with a pre-lowered attention_mask dict.")
+        prompt_mask = kwargs.pop("prompt_attention_mask", None)
+        if isinstance(attention_mask, dict):
+            # Ready masks: stock uses them as they are. Ours (LayerMasks inside) already consumed the inputs.
+            if (mask_inputs or prompt_mask is not None) and not any(isinstance(m, LayerMasks) for m in attention_mask.values()):
+                raise ValueError(
+                    f"A ready {{layer_type: mask}} attention_mask dict is used as it is, so {sorted(mask_inputs)} would "
+                    f"be ignored; pass the strategy's inputs with a 2D (or no) attention_mask instead."
+                )
         else:
-            if use_cache is None:
-                use_cache = self.config.use_cache
-            if use_cache and past_key_values is None:  # created here (not in Qwen3Model) to size the mask
+            if use_cache and past_key_values is None:  # created here (not in Qwen3Model) to size the masks
                 past_key_values = DynamicCache(config=self.config)
-            attention_mask, position_ids, attention_kwargs = self._build_masks(
-                input_ids, inputs_embeds, attention_mask, past_key_values, position_ids, prompt_attention_mask, mask_inputs
+            attention_mask, position_ids = self.attention_masks(
+                input_ids, attention_mask, past_key_values, position_ids, inputs_embeds, prompt_mask, **mask_inputs
             )
-            kwargs.update(attention_kwargs)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            labels=labels,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
             **kwargs,
         )
 
+    def attention_masks(
+        self, input_ids=None, attention_mask=None, past_key_values=None, position_ids=None, inputs_embeds=None,
+        prompt_attention_mask=None, **mask_inputs,
+    ):
+        """What forward() hands the decoder layers: ``({layer_type: mask or LayerMasks}, position_ids)``
+        (`masking.layer_mask` reads one layer's mask out of it). For inspection, tests and benchmarks."""
+        template = inputs_embeds
+        if template is None:  # only the batch size, length, dtype and device are read
+            weight = self.embed_tokens.weight
+            template = torch.empty((*input_ids.shape[:2], 0), dtype=weight.dtype, device=weight.device)
+        return build_masks(self, template, attention_mask, past_key_values, position_ids, mask_inputs, prompt_attention_mask)
+
     def _pop_mask_inputs(self, kwargs: dict) -> dict[str, Any]:
         """Takes the strategies' per-call inputs out of kwargs; one the active strategy does not use is an error."""
-        known = mask_input_names() | set(self.mask_strategy.inputs)
+        wanted = self.mask_strategy.inputs
+        if torch.compiler.is_compiling():
+            return {name: kwargs.pop(name) for name in wanted if kwargs.get(name) is not None}
+        known = mask_input_names() | set(wanted)
         found = {name: kwargs.pop(name) for name in known if name in kwargs and kwargs[name] is not None}
-        unused = sorted(set(found) - set(self.mask_strategy.inputs))
+        for name in known:
+            kwargs.pop(name, None)
+        unused = sorted(set(found) - set(wanted))
         if unused:
             raise ValueError(
                 f"{unused} given, but the active mask strategy {self.mask_strategy.name!r} does not use them. "
@@ -170,238 +174,86 @@ class CustomQwen3ForCausalLM(Qwen3ForCausalLM):
             )
         return found
 
-    def _padding_mask(self, attention_mask, batch_size: int, q_offset: int, q_length: int, total: int, device):
-        """(batch, total) bool, True for real tokens; slots a static cache has not written yet are False."""
-        seen = q_offset + q_length
-        if attention_mask is None:
-            padding = torch.ones(batch_size, total, dtype=torch.bool, device=device)
-            padding[:, seen:] = False
-            return padding
-        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size or attention_mask.shape[1] not in (seen, total):
-            raise ValueError(
-                f"2D attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, past + new tokens) = "
-                f"({batch_size}, {seen}). A custom mask is 4D: (batch, 1 or heads, new tokens, past + new tokens)."
-            )
-        if attention_mask.dtype.is_floating_point and not ((attention_mask == 0) | (attention_mask == 1)).all():
-            raise TypeError(
-                f"A 2D attention_mask holds 1 for real tokens and 0 for padding, got {attention_mask.dtype} values "
-                f"other than 0 and 1 (an additive float mask?). Pass the 0/1 padding mask, or a bool 4D mask."
-            )
-        padding = attention_mask.to(device=device, dtype=torch.bool)
-        return torch.nn.functional.pad(padding, (0, total - padding.shape[1]))
 
-    def _build_masks(self, input_ids, inputs_embeds, attention_mask, cache, position_ids, prompt_mask, mask_inputs):
-        """Returns ``({layer_type: mask}, position_ids, extra attention kwargs)`` for this forward."""
-        config, backend = self.config, self.config._attn_implementation
-        if inputs_embeds is None:
-            weight = self.model.embed_tokens.weight
-            inputs_embeds = torch.empty((*input_ids.shape[:2], 0), dtype=weight.dtype, device=weight.device)
-        batch_size, q_length = inputs_embeds.shape[:2]
-        device = inputs_embeds.device
-        q_offset = cache.get_seq_length() if cache is not None else 0
-        kv_offset, kv_length, kv_positions = 0, q_offset + q_length, None
-        if cache is not None and not isinstance(cache, BoundedCache):
-            kv_length, kv_offset = cache.get_mask_sizes(q_length, 0)
-        total = max(kv_offset + kv_length, q_offset + q_length)
+def with_mask_inputs(forward):
+    """``forward`` with the built-in strategies' inputs in its signature (they still travel in **kwargs).
 
-        is_4d = isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4
-        groups = self._groups
-        if not is_4d and prompt_mask is None and len(groups) == 1 and not isinstance(cache, BoundedCache):
-            (strategy,) = groups
-            if strategy.flash_form() == {}:  # plain causal: straight to the stock builders, nothing else to do
-                return self._stock_causal(inputs_embeds, attention_mask, cache, position_ids)
-        if (is_4d or prompt_mask is not None) and mask_inputs:
-            raise ValueError(
-                f"A 4D attention mask replaces the mask strategy, so {sorted(mask_inputs)} would be ignored; pass one or the other."
-            )
-        if is_4d:
-            check_user_mask(
-                attention_mask, batch_size=batch_size, num_heads=config.num_attention_heads, q_length=q_length, kv_length=total
-            )
-            padding = self._padding_mask(None, batch_size, q_offset, q_length, total, device)
-        else:
-            padding = self._padding_mask(attention_mask, batch_size, q_offset, q_length, total, device)
+    Trainer (remove_unused_columns=True, its default) keeps only the dataset columns that forward()'s
+    signature names, and PEFT hands Trainer the base model's forward to inspect.
+    """
 
-        if isinstance(cache, BoundedCache):
-            self._bound_cache(cache, padding, backend, user_mask=is_4d or prompt_mask is not None)
-            kv_positions = cache.kv_positions(q_length)
-            kv_length = kv_positions.shape[0]
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return forward(self, *args, **kwargs)
 
-        window = dict(
-            batch_size=batch_size,
-            num_heads=config.num_attention_heads,
-            q_offset=q_offset,
-            q_length=q_length,
-            kv_offset=kv_offset,
-            kv_length=kv_length,
-            padding_mask=padding,
-            device=device,
-            kv_positions=kv_positions,
-        )
-        build = partial(self._lower, inputs_embeds, attention_mask, cache, padding, window)
-        if is_4d:
-            return build(user_mask(attention_mask.to(device), row_offset=q_offset), None, position_ids)
-        if prompt_mask is not None:
-            return build(user_mask(prompt_mask.to(device)), None, position_ids)
+    signature = inspect.signature(forward)
+    params = list(signature.parameters.values())
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in BUILTIN_MASK_INPUTS]
+    wrapper.__signature__ = signature.replace(parameters=params[:-1] + extra + params[-1:])
+    return wrapper
 
-        context = dict(mask_inputs, padding_mask=padding, position_ids=position_ids, num_heads=config.num_attention_heads)
-        if position_ids is None and self.mask_strategy.places_tokens:
-            position_ids = self.mask_strategy.position_ids(**context)[:, q_offset : q_offset + q_length]
-        if len(groups) == 1:
-            (strategy,) = groups
-            return build(strategy.mask_mod(**context), strategy.flash_form(), position_ids)
-        per_layer = PerLayerMasks()
-        for strategy, layers in groups.items():
-            # Extra kwargs (sdpa's is_causal=False fast path) differ per layer, so the hook passes them per layer.
-            mapping, _, extra = build(strategy.mask_mod(**context), strategy.flash_form(), position_ids)
-            for idx in layers:
-                per_layer[idx] = (mapping[config.layer_types[idx]], extra)
-        return {layer_type: per_layer for layer_type in set(config.layer_types)}, position_ids, {}
 
-    def _stock_causal(self, inputs_embeds, attention_mask, cache, position_ids):
-        """Plain causal: the stock builders, so the default is exactly stock Qwen3 (is_causal fast path,
-        packed-sequence detection and sliding layers included)."""
-        mask_kwargs = dict(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=cache,
-            position_ids=position_ids,
-        )
-        mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
-        if self.model.has_sliding_layers:
-            mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
-        return mapping, position_ids, {}
+class MaskStrategyHeadMixin:
+    """A head's view of its body's strategy: ``head.mask_strategy``, ``head.set_mask_strategy(spec)``."""
 
-    def _lower(self, inputs_embeds, attention_mask, cache, padding, window, mask_mod, form, position_ids):
-        """One mask_mod lowered for the backend: ``({layer_type: mask}, position_ids, extra kwargs)``.
+    @property
+    def mask_strategy(self) -> Strategy:
+        return self.base_model.mask_strategy
 
-        ``form`` is the strategy's flash form (None for user masks); ``{}`` means plain causal.
-        """
-        config, backend = self.config, self.config._attn_implementation
-        is_4d = isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4
-        if form == {} and window["kv_positions"] is None:
-            return self._stock_causal(inputs_embeds, attention_mask, cache, position_ids)
+    def set_mask_strategy(self, spec: str | dict | Strategy | None) -> Strategy:
+        return self.base_model.set_mask_strategy(spec)
 
-        seen = window["q_offset"] + window["q_length"]
-        no_padding = attention_mask is None or is_4d or bool(padding[:, :seen].all())
-        if backend in FLASH_BACKENDS:
-            if form is None:
-                raise ValueError(_flash_error("4D attention_mask", backend))
-            mask_2d = None if no_padding else padding[:, :seen]
-            extra = {k: v for k, v in form.items() if k != "sliding_window"}  # the window is a module attribute
-            return {"full_attention": mask_2d, "sliding_attention": mask_2d}, position_ids, extra
-        if form == {"is_causal": False} and backend == "sdpa" and no_padding and not self.model.has_sliding_layers:
-            return {"full_attention": None}, position_ids, {"is_causal": False}  # sdpa's no-mask fast path
 
-        dtype = inputs_embeds.dtype
-        mapping = {"full_attention": lower(backend, mask_mod, dtype=dtype, **window)}
-        if self.model.has_sliding_layers:
-            sliding = and_masks(mask_mod, sliding_window_overlay(config.sliding_window))
-            mapping["sliding_attention"] = lower(backend, sliding, dtype=dtype, **window)
-        return mapping, position_ids, {}
+class CustomQwen3ForCausalLM(MaskStrategyHeadMixin, MaskedGenerationMixin, Qwen3ForCausalLM):
+    """`Qwen3ForCausalLM` on `CustomQwen3Model`: the strategy in every forward and in generate()
+    (dynamic, static, bounded caches; compiled decoding; beams; assisted decoding)."""
 
-    def _bound_cache(self, cache: BoundedCache, padding: torch.Tensor, backend: str, user_mask: bool) -> None:
-        """At prefill, tells a BoundedCache which positions the strategy can still show a future query."""
-        if cache.is_configured:
-            return
-        bounds = None if user_mask else self.mask_strategy.cache_bounds()
-        if bounds is None or backend in FLASH_BACKENDS:
-            why = (
-                f"{backend} reads keys as one contiguous range" if bounds is not None
-                else f"the mask strategy {self.mask_strategy.name!r} lets a query see arbitrarily old tokens"
-                if not user_mask else "a 4D attention_mask may show a query any earlier token"
-            )
-            raise ValueError(
-                f"BoundedCache cannot be used here: {why}. Use it with a bounded strategy (sliding_window, "
-                f"attention_sinks, chunked, or an 'and' composition with one) on eager, sdpa or flex_attention, "
-                f"or use a DynamicCache."
-            )
-        first, last = bounds
-        left_padding = int(first_real_token(padding).max()) if first else 0
-        cache.set_bounds(left_padding + first, last, num_layers=len(self.model.layers))
+    config_class = CustomQwen3Config
 
-    # ----------------------------------------------------------------------------------------- generate
-    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
-        """`GenerationMixin.generate`, plus 4D prompt masks and a check that the strategy survives a KV cache."""
-        strategy = self.mask_strategy
-        if not strategy.generates:
-            raise ValueError(
-                f"The mask strategy {strategy.name!r} describes one forward, not token-by-token generation; "
-                f"use qwen3_custom_mask.verify_draft_tree for tree verification, or switch strategy."
-            )
-        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        mask = kwargs.get("attention_mask")
-        for name in strategy.inputs:  # tensors, so that beam search expands them per beam
-            if kwargs.get(name) is not None:
-                kwargs[name] = torch.as_tensor(kwargs[name])
-        if "document_ids" in strategy.inputs and kwargs.get("document_ids") is None and kwargs.get("position_ids") is not None:
-            # Read the boundaries once from the prompt's positions: later steps only see the new positions.
-            positions = torch.as_tensor(kwargs["position_ids"])
-            padding = torch.ones(positions.shape[0], positions.shape[-1], dtype=torch.bool, device=positions.device)
-            kwargs["document_ids"] = document_ids_of(None, positions, padding)
-        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
-            if input_ids is None:
-                raise ValueError("generate() with a 4D attention_mask needs input_ids of shape (batch, prompt).")
-            prompt = input_ids.shape[1]
-            check_user_mask(
-                mask, batch_size=input_ids.shape[0], num_heads=self.config.num_attention_heads, q_length=prompt, kv_length=prompt
-            )
-            kwargs["prompt_attention_mask"] = mask
-            # A prompt token that no prompt row can see is padding: positions and generated rows skip it.
-            kwargs["attention_mask"] = mask.any(dim=1).any(dim=1).long()
-        config = generation_config if generation_config is not None else self.generation_config
-        if kwargs.get("pad_token_id") is None and config.pad_token_id is None and config.eos_token_id is not None:
-            eos = config.eos_token_id
-            kwargs["pad_token_id"] = eos[0] if isinstance(eos, (list, tuple)) else eos
-        if kwargs.get("use_cache", config.use_cache) and "prompt_attention_mask" not in kwargs and input_ids is not None:
-            self._check_cache_consistent(input_ids, kwargs)
-        return super().generate(inputs, generation_config, **kwargs)
+    def __init__(self, config: Qwen3Config):
+        config = as_custom_config(config)
+        Qwen3PreTrainedModel.__init__(self, config)
+        self.model = CustomQwen3Model(config)  # diff with stock: the strategy-aware body
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
 
-    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
-        # Strategies that place tokens themselves (packed documents) compute positions in forward().
-        if self.mask_strategy.places_tokens:
-            return None
-        return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+    forward = with_mask_inputs(Qwen3ForCausalLM.forward)
 
-    def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
-        # Mask inputs travel through **kwargs, which generate()'s typo check does not see; unused ones are
-        # rejected by forward() instead.
-        mask_inputs = mask_input_names()
-        super()._validate_model_kwargs({k: v for k, v in model_kwargs.items() if k not in mask_inputs})
 
-    def _check_cache_consistent(self, input_ids: torch.Tensor, kwargs: dict) -> None:
-        """Raises if a prompt token may attend to a token generated after it: the cache could not honour that."""
-        batch_size, prompt = input_ids.shape[:2]
-        probe = _LOOKAHEAD_PROBE
-        device = input_ids.device
-        padding = kwargs.get("attention_mask")
-        padding = torch.ones(batch_size, prompt, dtype=torch.bool, device=device) if padding is None else padding.bool()
-        padding = torch.cat([padding.to(device), padding.new_ones(batch_size, probe)], dim=1)
-        for strategy in self._groups:
-            if strategy.flash_form() == {}:
-                continue
-            inputs = {name: kwargs[name] for name in strategy.inputs if kwargs.get(name) is not None}
-            mask_mod = strategy.mask_mod(**inputs, padding_mask=padding, num_heads=self.config.num_attention_heads)
-            ahead = dense_mask(
-                mask_mod,
-                batch_size=batch_size,
-                num_heads=self.config.num_attention_heads,
-                q_offset=0,
-                q_length=prompt,
-                kv_offset=prompt,
-                kv_length=probe,
-                padding_mask=padding,
-                device=device,
-            )
-            if ahead.any():
-                raise ValueError(
-                    f"Mask strategy {strategy.name!r} lets prompt tokens attend to tokens generated after them, which a KV "
-                    f"cache filled at prefill cannot honour. Pass use_cache=False to generate() to recompute the whole mask "
-                    f"at every step, or use a cache-consistent strategy such as 'prefix_lm' (bidirectional prompt, causal "
-                    f"continuation) or 'causal'."
-                )
+class CustomQwen3ForSequenceClassification(MaskStrategyHeadMixin, Qwen3ForSequenceClassification):
+    config_class = CustomQwen3Config
+
+    def __init__(self, config: Qwen3Config):
+        super().__init__(as_custom_config(config))  # the body comes from AutoModel: CustomQwen3Model
+
+    forward = with_mask_inputs(Qwen3ForSequenceClassification.forward)
+
+
+class CustomQwen3ForTokenClassification(MaskStrategyHeadMixin, Qwen3ForTokenClassification):
+    config_class = CustomQwen3Config
+
+    def __init__(self, config: Qwen3Config):
+        super().__init__(as_custom_config(config))
+
+    forward = with_mask_inputs(Qwen3ForTokenClassification.forward)
+
+
+class CustomQwen3ForQuestionAnswering(MaskStrategyHeadMixin, Qwen3ForQuestionAnswering):
+    config_class = CustomQwen3Config
+
+    def __init__(self, config: Qwen3Config):
+        super().__init__(as_custom_config(config))
+
+    forward = with_mask_inputs(Qwen3ForQuestionAnswering.forward)
 
 
 AutoConfig.register(CustomQwen3Config.model_type, CustomQwen3Config)
-AutoModelForCausalLM.register(CustomQwen3Config, CustomQwen3ForCausalLM)
+for _auto, _cls in (
+    (AutoModel, CustomQwen3Model),
+    (AutoModelForCausalLM, CustomQwen3ForCausalLM),
+    (AutoModelForSequenceClassification, CustomQwen3ForSequenceClassification),
+    (AutoModelForTokenClassification, CustomQwen3ForTokenClassification),
+    (AutoModelForQuestionAnswering, CustomQwen3ForQuestionAnswering),
+):
+    _auto.register(CustomQwen3Config, _cls)

@@ -83,9 +83,11 @@ class MaskEntry:
 
 
 # Arguments the model glue fills in itself when a factory asks for them by name:
-#   padding_mask (batch, total) bool, True for real tokens; its width is the row length past + new;
+#   padding_mask (batch, total) bool, True for real tokens; its width covers every key position of the call
+#       (past + new tokens, or a static cache's full length, whose unwritten slots are False);
+#   sequence_length: past + new tokens (None while a compiled graph is traced);
 #   position_ids (batch, new) as given to forward() (None if not given); num_heads of the model.
-CONTEXT_ARGS = ("padding_mask", "position_ids", "num_heads")
+CONTEXT_ARGS = ("padding_mask", "sequence_length", "position_ids", "num_heads")
 
 _MASKS: dict[str, MaskEntry] = {}
 _entry_points_loaded = False

@@ -64,8 +64,9 @@ class Strategy:
     def for_layer(self, layer_idx: int) -> Strategy:
         return self
 
-    def check_layers(self, num_layers: int) -> None:
-        """Raises if the spec does not fit a model of ``num_layers`` layers."""
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        """Raises if the spec does not fit a model of ``num_layers`` layers and ``num_heads`` attention heads
+        (a per-layer spec that misses layers, a per-head window list of the wrong length)."""
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Strategy) and self.to_dict() == other.to_dict()
@@ -103,6 +104,10 @@ class MaskStrategy(Strategy):
 
     def mask_mod(self, **inputs: Any) -> MaskMod:
         return self.entry.factory(**self.params, **self._wanted(inputs, self.entry.factory))
+
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        if not self.entry.inputs:
+            self.mask_mod(num_heads=num_heads)  # e.g. a per-head window list must match num_heads
 
     def flash_form(self) -> dict | None:
         return self.entry.flash(**self.params) if self.entry.flash else None
@@ -160,6 +165,10 @@ class CompositeStrategy(Strategy):
         if self.op == "not":
             return not_mask(mods[0])
         return (and_masks if self.op == "and" else or_masks)(*mods)
+
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        for child in self.children:
+            child.check_model(num_layers, num_heads)
 
     def cache_bounds(self) -> tuple[int, int] | None:
         # An intersection sees no more than any of its parts, so any bounded part bounds it.
@@ -246,7 +255,9 @@ class LayeredStrategy(Strategy):
             )
         return found[0] if found else None
 
-    def check_layers(self, num_layers: int) -> None:
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        for _, strategy in self.groups:
+            strategy.check_model(num_layers, num_heads)
         seen: dict[int, str] = {}
         for key, _ in self.groups:
             for layer in parse_layers(key):

@@ -36,7 +36,7 @@ def worker(args):
     ids = torch.randint(0, 32768, (1, args.length))
     built = 0
     if args.mode != "stock":
-        built = mask_bytes(model._build_masks(ids, None, None, None, None, None, {})[0])
+        built = mask_bytes(model.model.attention_masks(ids)[0])
     with torch.no_grad(), PeakMemory(torch.device("cpu")) as mem:
         start = time.perf_counter()
         model(ids, logits_to_keep=1, use_cache=False)

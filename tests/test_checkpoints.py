@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
+from qwen3_custom_mask.masking import layer_mask
 
 from conftest import left_padded
 
@@ -87,9 +88,10 @@ def test_low_precision_with_device_map(checkpoint, dtype, backend):
     real = mask.bool()
     torch.testing.assert_close(low[real].float(), ref[real], atol=0.25, rtol=0.05)
     if backend == "eager":
-        masks, _, _ = model._build_masks(ids, None, mask, None, None, None, {"prefix_lengths": lengths})
-        assert masks["full_attention"].dtype == dtype
-        assert masks["full_attention"].min() == torch.finfo(dtype).min
+        masks, _ = model.model.attention_masks(ids, mask, prefix_lengths=lengths)
+        built, _ = layer_mask(masks, 0)
+        assert built.dtype == dtype
+        assert built.min() == torch.finfo(dtype).min
 
 
 def test_unknown_saved_strategy_names_the_missing_plugin(checkpoint, tmp_path):

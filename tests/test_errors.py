@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, register_mask, resolve_strategy
+from qwen3_custom_mask.masking import layer_mask
 
 from conftest import left_padded
 from test_registry import scratch_names  # noqa: F401  (fixture)
@@ -45,12 +46,12 @@ def test_missing_required_parameter(scratch_names):  # noqa: F811
         (lambda: torch.ones(2, 1, 12, 11, dtype=torch.bool), ValueError, r"expected \(batch, 1 or heads, queries, keys\) = \(2, 1 or 4, 12, 12\)"),
         (lambda: torch.ones(2, 3, 12, 12, dtype=torch.bool), ValueError, r"shape \(2, 3, 12, 12\)"),
         (lambda: torch.ones(3, 1, 12, 12, dtype=torch.bool), ValueError, "expected"),
-        (lambda: torch.zeros(2, 1, 12, 12), TypeError, "must be boolean.*mask == 0"),
+        (lambda: torch.full((2, 1, 12, 12), 2), ValueError, r"4D integer attention_mask holds 1 \(attend\) and 0"),
         (lambda: torch.ones(2, 11, dtype=torch.long), ValueError, r"expected \(batch, past \+ new tokens\) = \(2, 12\)"),
         (lambda: torch.ones(2, 12, 12, dtype=torch.bool), ValueError, "2D attention_mask has shape"),
         (lambda: torch.full((2, 12), -1e9), TypeError, "other than 0 and 1"),
     ],
-    ids=["4d-keys", "4d-heads", "4d-batch", "4d-float", "2d-length", "3d", "2d-float"],
+    ids=["4d-keys", "4d-heads", "4d-batch", "4d-int", "2d-length", "3d", "2d-float"],
 )
 def test_bad_attention_masks(model_for, make_mask, error, match):
     model = model_for("sdpa", "bidirectional")
@@ -114,7 +115,7 @@ def test_flash_refuses_what_it_cannot_express(flash_model):
         flash_model.set_mask_strategy("prefix_lm")
     ids, _, _ = left_padded()
     with pytest.raises(ValueError, match="4D attention_mask mask cannot be expressed by flash_attention_2"):
-        flash_model._build_masks(ids, None, torch.ones(2, 1, 12, 12, dtype=torch.bool), None, None, None, {})
+        flash_model.model.attention_masks(ids, torch.ones(2, 1, 12, 12, dtype=torch.bool))
 
 
 @pytest.mark.parametrize(
@@ -138,21 +139,20 @@ def test_flash_takes_per_layer_windows_and_directions(flash_model):
     ids, _, _ = left_padded()
     flash_model.set_mask_strategy({"layers": {"0": {"name": "sliding_window", "window": 5}, "1": "bidirectional"}})
     assert [layer.self_attn.sliding_window for layer in flash_model.model.layers] == [5, None]
-    masks, _, kwargs = flash_model._build_masks(ids, None, None, None, None, None, {})
-    assert kwargs == {}
-    per_layer = masks["full_attention"]
-    assert per_layer[0] == (None, {}) and per_layer[1] == (None, {"is_causal": False})
+    masks, _ = flash_model.model.attention_masks(ids)
+    assert layer_mask(masks, 0) == (None, {}) and layer_mask(masks, 1) == (None, {"is_causal": False})
 
 
 def test_flash_gets_padding_and_kwargs_for_what_it_can_express(flash_model):
     ids, mask, _ = left_padded()
     flash_model.set_mask_strategy("bidirectional")
-    masks, _, kwargs = flash_model._build_masks(ids, None, mask, None, None, None, {})
+    masks, _ = flash_model.model.attention_masks(ids, mask)
+    padding, kwargs = layer_mask(masks, 0)
     assert kwargs == {"is_causal": False}
-    assert torch.equal(masks["full_attention"], mask.bool())
+    assert torch.equal(padding, mask.bool())
     flash_model.set_mask_strategy({"name": "sliding_window", "window": 3})
-    masks, _, kwargs = flash_model._build_masks(ids, None, None, None, None, None, {})
-    assert masks["full_attention"] is None and kwargs == {}
+    masks, _ = flash_model.model.attention_masks(ids)
+    assert layer_mask(masks, 0) == (None, {}) and layer_mask(masks, 1) == (None, {})
     assert all(layer.self_attn.sliding_window == 3 for layer in flash_model.model.layers)
     flash_model.set_mask_strategy("causal")
     assert all(layer.self_attn.sliding_window is None for layer in flash_model.model.layers)
@@ -171,8 +171,9 @@ def test_unsupported_backend_is_named(model_for, monkeypatch):
     [
         ({}, ValueError, "needs document boundaries: pass document_ids"),
         ({"document_ids": torch.zeros(2, 12)}, TypeError, "document_ids must hold integers"),
-        ({"document_ids": torch.zeros(3, 12, dtype=torch.long)}, ValueError, r"shape \(batch, tokens\) = \(2, 12\)"),
+        ({"document_ids": torch.zeros(3, 12, dtype=torch.long)}, ValueError, r"shape \(batch, past \+ new tokens\) = \(2, 12\)"),
         ({"document_ids": torch.zeros(2, 13, dtype=torch.long)}, ValueError, r"got \(2, 13\)"),
+        ({"document_ids": torch.zeros(2, 11, dtype=torch.long)}, ValueError, r"= \(2, 12\), got \(2, 11\)"),
         ({"draft_tree": torch.tensor([-1, 0])}, ValueError, "does not use them"),
     ],
 )

@@ -66,7 +66,9 @@ def test_prefix_longer_than_prompt_is_refused_in_cached_generation(model_for):
     ids, _, _ = left_padded(pads=(0, 0))
     whole_prompt = model.generate(ids, prefix_lengths=torch.tensor([12, 12]), **GREEDY)
     assert whole_prompt.shape == (2, 20)
-    with pytest.raises(ValueError, match="prompt tokens attend to tokens generated after them"):
+    with pytest.raises(ValueError, match="attend to tokens generated after it"):
+        model.generate(ids, prefix_lengths=torch.tensor([12, 13]), **GREEDY)
+    with pytest.raises(ValueError, match="exceed the number of tokens"):
         model.generate(ids, prefix_lengths=torch.tensor([12, 14]), **GREEDY)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, register_mask, unregister_mask
+from qwen3_custom_mask.masking import layer_mask
 from qwen3_custom_mask.reference import reference_logits, reference_mask
 
 from conftest import BACKENDS, left_padded
@@ -44,8 +45,8 @@ def test_low_precision_stays_within_tolerance_of_the_reference(checkpoint, backe
     ref = reference_logits(full, ids, dense, positions)
     out = model(ids, attention_mask=mask, position_ids=positions).logits.float()
     if backend == "eager":
-        built, _, _ = model._build_masks(ids, None, mask, None, positions, None, {})
-        assert built["full_attention"].dtype == dtype and built["full_attention"].min() == torch.finfo(dtype).min
+        built, _ = layer_mask(model.model.attention_masks(ids, mask, position_ids=positions)[0], 0)
+        assert built.dtype == dtype and built.min() == torch.finfo(dtype).min
     torch.testing.assert_close(out[padding], ref[padding], atol=atol * ref.abs().max().item() / 10, rtol=0.05)
 
 
@@ -136,7 +137,7 @@ def test_a_plain_qwen3_config_keeps_its_attention_backend():
 @torch.no_grad()
 def test_8192_token_forward_builds_one_mask_for_all_layers(checkpoint, monkeypatch):
     """A long CPU forward with a custom strategy lowers the mask once and hands the same object to every layer."""
-    import qwen3_custom_mask.modeling as modeling
+    import qwen3_custom_mask.masking as modeling
 
     model = CustomQwen3ForCausalLM.from_pretrained(
         checkpoint, attn_implementation="sdpa", mask_strategy={"name": "sliding_window", "window": 1024}, max_position_embeddings=8192

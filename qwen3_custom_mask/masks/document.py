@@ -17,7 +17,8 @@ document, so RoPE sees each document as if it stood alone. ``causal=False`` make
 bidirectional (packed embedding training). Compose with others, e.g. ``{"and": ["document",
 {"name": "sliding_window", "window": 512}]}``.
 
-During generation ``document_ids`` may cover only the prompt: generated tokens continue the last document.
+``document_ids`` cover every token so far (past + new: with a KV cache, the ids of the cached tokens too);
+generate() takes the prompt's ids and extends them itself: generated tokens continue the last document.
 """
 
 import torch
@@ -26,36 +27,43 @@ from transformers.masking_utils import find_packed_sequence_indices
 from ..registry import register_mask
 
 
-def document_ids_of(document_ids, position_ids, padding_mask) -> torch.Tensor:
-    """(batch, total) document index of every token, validated."""
+def document_ids_of(document_ids, position_ids, padding_mask, sequence_length=None) -> torch.Tensor:
+    """(batch, total) document index of every key position, validated.
+
+    ``document_ids`` / ``position_ids`` cover the ``sequence_length`` tokens so far (past + new); slots past
+    them (a static cache's unwritten ones, which are padding) repeat the last id.
+    """
     batch, total = padding_mask.shape
+    length = total if sequence_length is None else int(sequence_length)
     if document_ids is None:
-        if position_ids is None or position_ids.shape[-1] != total:
+        if position_ids is None or position_ids.shape[-1] != length:
             raise ValueError(
                 "The 'document' strategy needs document boundaries: pass document_ids (batch, tokens), or "
                 "position_ids that restart at 0 for each document covering the whole sequence (past tokens "
-                "included: with a KV cache, pass document_ids for the prompt instead)."
+                "included: with a KV cache, pass document_ids for every token so far instead)."
             )
-        ids = find_packed_sequence_indices(position_ids.view(-1, total).expand(batch, total))
-        return torch.zeros_like(padding_mask, dtype=torch.long) if ids is None else ids
-    ids = torch.as_tensor(document_ids, device=padding_mask.device)
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise TypeError(f"document: document_ids must hold integers, got dtype {ids.dtype}.")
-    if ids.dim() == 1:
-        ids = ids[None]
-    if ids.dim() != 2 or ids.shape[0] != batch or not 1 <= ids.shape[1] <= total:
-        raise ValueError(
-            f"document: document_ids must have shape (batch, tokens) = ({batch}, {total}) (or cover the prompt "
-            f"during generation), got {tuple(torch.as_tensor(document_ids).shape)}."
-        )
-    if ids.shape[1] < total:  # generated tokens belong to the last document
+        ids = find_packed_sequence_indices(position_ids.view(-1, length).expand(batch, length))
+        ids = torch.zeros(batch, length, dtype=torch.long, device=padding_mask.device) if ids is None else ids
+    else:
+        ids = torch.as_tensor(document_ids, device=padding_mask.device)
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise TypeError(f"document: document_ids must hold integers, got dtype {ids.dtype}.")
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2 or ids.shape[0] != batch or not (ids.shape[1] == length or sequence_length is None and ids.shape[1] <= total):
+            raise ValueError(
+                f"document: document_ids must have shape (batch, past + new tokens) = ({batch}, {length}), got "
+                f"{tuple(torch.as_tensor(document_ids).shape)}. (generate() takes the prompt's ids and extends "
+                f"them itself: generated tokens continue the last document.)"
+            )
+    if ids.shape[1] < total:
         ids = torch.cat([ids, ids[:, -1:].expand(batch, total - ids.shape[1])], dim=1)
     return ids.long()
 
 
-def document_positions(document_ids=None, padding_mask=None):
+def document_positions(document_ids=None, padding_mask=None, sequence_length=None):
     """Positions that restart at 0 at each document's first real token (padding stays at 0)."""
-    ids = document_ids_of(document_ids, None, padding_mask)
+    ids = document_ids_of(document_ids, None, padding_mask, sequence_length)
     real = padding_mask.long()
     starts = torch.ones_like(ids, dtype=torch.bool)
     starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
@@ -67,13 +75,13 @@ def document_positions(document_ids=None, padding_mask=None):
 
 
 @register_mask("document", inputs=("document_ids",), positions=document_positions)
-def document(causal: bool = True, document_ids=None, position_ids=None, padding_mask=None):
+def document(causal: bool = True, document_ids=None, position_ids=None, padding_mask=None, sequence_length=None):
     """Packed documents: attention stays inside each document (causal, or bidirectional with causal=False)."""
     if not isinstance(causal, bool):
         raise ValueError(f"document: causal must be true or false, got {causal!r}.")
     if padding_mask is None:  # validation call at resolve time: nothing to check yet
         return lambda b, h, q, kv: kv <= q
-    ids = document_ids_of(document_ids, position_ids, padding_mask)
+    ids = document_ids_of(document_ids, position_ids, padding_mask, sequence_length)
 
     def mask_mod(batch_idx, head_idx, q_idx, kv_idx):
         same = ids[batch_idx, q_idx] == ids[batch_idx, kv_idx]

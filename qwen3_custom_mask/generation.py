@@ -1,0 +1,179 @@
+"""generate() glue for `CustomQwen3ForCausalLM`: the strategy through every cache kind and decoding mode.
+
+* Static (compileable) caches: generate() builds each step's masks before the (compiled) forward through
+  the model's ``create_masks_for_generate``; ours calls the body's builder with the strategy's per-call
+  inputs, which `prepare_inputs_for_generation` hands over (stock passes no such inputs to that hook).
+* Per-call inputs are tensors (beam search expands them per beam); ``document_ids`` cover the prompt and
+  generated tokens join the last document; positions of strategies that place tokens come from the strategy.
+* A KV cache only holds if no token sees a token that comes after it. At every step, the keys this step
+  adds (and, before the first token, the next position) are checked against every earlier row: exact for
+  any length, linear in the sequence per step. use_cache is read where GenerationMixin has settled it.
+* A 4D ``attention_mask`` (B, 1|H, prompt, prompt) is the prompt's mask; generated tokens attend causally.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+import torch
+from transformers.generation.configuration_utils import GenerationMode
+
+from .cache import BoundedCache
+from .lowering import dense_mask
+from .masking import as_bool_user_mask, build_masks
+from .masks.document import document_ids_of
+from .masks.user_mask import check_user_mask
+from .registry import mask_input_names
+
+# The strategy's per-call inputs of the step being prepared, for create_masks_for_generate (stock calls it
+# from prepare_inputs_for_generation without them). A context variable: safe across threads.
+_STEP_INPUTS: contextvars.ContextVar[dict] = contextvars.ContextVar("qwen3_custom_mask_step_inputs", default={})
+
+ASSISTED_MODES = (GenerationMode.ASSISTED_GENERATION,)
+
+
+class MaskedGenerationMixin:
+    """Overrides of `GenerationMixin` hooks; mixed into `CustomQwen3ForCausalLM` (see the module docstring)."""
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """`GenerationMixin.generate`, plus the strategy's per-call inputs, 4D prompt masks and the cache check."""
+        strategy = self.mask_strategy
+        if not strategy.generates:
+            raise ValueError(
+                f"The mask strategy {strategy.name!r} describes one forward, not token-by-token generation; "
+                f"use qwen3_custom_mask.verify_draft_tree for tree verification, or switch strategy."
+            )
+        for name in strategy.inputs:  # tensors, so that beam search expands them per beam
+            if kwargs.get(name) is not None:
+                kwargs[name] = torch.as_tensor(kwargs[name])
+        if "document_ids" in strategy.inputs and kwargs.get("document_ids") is None and kwargs.get("position_ids") is not None:
+            # Read the boundaries once from the prompt's positions: later steps only see the new positions.
+            positions = torch.as_tensor(kwargs["position_ids"])
+            padding = torch.ones(positions.shape[0], positions.shape[-1], dtype=torch.bool, device=positions.device)
+            kwargs["document_ids"] = document_ids_of(None, positions, padding)
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            if input_ids is None:
+                raise ValueError("generate() with a 4D attention_mask needs input_ids of shape (batch, prompt).")
+            prompt = input_ids.shape[1]
+            check_user_mask(mask, batch_size=input_ids.shape[0], num_heads=self.config.num_attention_heads, q_length=prompt, kv_lengths=prompt)
+            kwargs["prompt_attention_mask"] = mask
+            # A prompt token that no prompt row can see is padding: positions and generated rows skip it.
+            kwargs["attention_mask"] = as_bool_user_mask(mask).any(dim=1).any(dim=1).long()
+        config = generation_config if generation_config is not None else self.generation_config
+        if kwargs.get("pad_token_id") is None and config.pad_token_id is None and config.eos_token_id is not None:
+            eos = config.eos_token_id
+            kwargs["pad_token_id"] = eos[0] if isinstance(eos, (list, tuple)) else eos
+        if isinstance(kwargs.get("past_key_values"), BoundedCache):
+            resolved, _ = self._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k != "past_key_values"})
+            if resolved.get_generation_mode(kwargs.get("assistant_model")) in ASSISTED_MODES:
+                raise ValueError(
+                    "BoundedCache cannot be used for assisted decoding (assistant_model=, prompt_lookup_num_tokens=): "
+                    "rejected draft tokens are rolled back by cropping the cache, and a BoundedCache has already "
+                    "dropped the keys a rollback would need. Use a DynamicCache, or plain decoding with the BoundedCache."
+                )
+        return super().generate(inputs, generation_config, **kwargs)
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        # Strategies that place tokens themselves (packed documents) give the prompt's positions; generate()
+        # then counts on from the last one, so generated tokens continue the last document.
+        strategy = self.mask_strategy
+        if not strategy.places_tokens:
+            return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+        padding = model_kwargs.get("attention_mask")
+        if padding is None or padding.dim() != 2:
+            padding = torch.ones(inputs_tensor.shape[:2], dtype=torch.bool, device=inputs_tensor.device)
+        inputs = {name: model_kwargs[name] for name in strategy.inputs if model_kwargs.get(name) is not None}
+        return strategy.position_ids(**inputs, padding_mask=padding.bool(), sequence_length=padding.shape[1])
+
+    def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
+        # Mask inputs travel through **kwargs, which generate()'s typo check does not see; forward() rejects
+        # the ones the strategy does not use.
+        names = mask_input_names() | {"prompt_attention_mask"}
+        super()._validate_model_kwargs({k: v for k, v in model_kwargs.items() if k not in names})
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        past_key_values=None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
+        strategy = self.mask_strategy
+        past = 0 if past_key_values is None else int(past_key_values.get_seq_length())
+        if inputs_embeds is not None and is_first_iteration:
+            new = inputs_embeds.shape[1]
+        else:
+            new = next_sequence_length if next_sequence_length is not None else input_ids.shape[1] - past
+        seen = past + new
+        step_inputs = {name: kwargs[name] for name in strategy.inputs if kwargs.get(name) is not None}
+        if "document_ids" in step_inputs:  # generated tokens join the last document
+            ids = step_inputs["document_ids"]
+            if ids.shape[-1] < seen:
+                ids = torch.cat([ids, ids[:, -1:].expand(ids.shape[0], seen - ids.shape[-1])], dim=-1)
+            kwargs["document_ids"] = step_inputs["document_ids"] = ids[:, :seen]
+        if kwargs.get("use_cache") and kwargs.get("prompt_attention_mask") is None and not self.model.mask_strategy_is_causal:
+            self._check_cache_consistent(attention_mask, past, new, seen, is_first_iteration, step_inputs, input_ids if inputs_embeds is None else inputs_embeds)
+        if kwargs.get("prompt_attention_mask") is not None:
+            step_inputs["prompt_attention_mask"] = kwargs["prompt_attention_mask"]
+        token = _STEP_INPUTS.set(step_inputs)
+        try:
+            return super().prepare_inputs_for_generation(
+                input_ids,
+                next_sequence_length=next_sequence_length,
+                past_key_values=past_key_values,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                is_first_iteration=is_first_iteration,
+                **kwargs,
+            )
+        finally:
+            _STEP_INPUTS.reset(token)
+
+    def create_masks_for_generate(self, config, inputs_embeds, attention_mask, past_key_values, position_ids=None, **kwargs):
+        """The hook generate() calls for compileable (static) caches: the strategy's masks, built before the
+        compiled forward, sized from each layer type's own cache layer."""
+        step_inputs = dict(_STEP_INPUTS.get())
+        prompt_mask = step_inputs.pop("prompt_attention_mask", None)
+        masks, _ = build_masks(self.model, inputs_embeds, attention_mask, past_key_values, position_ids, step_inputs, prompt_mask)
+        return masks
+
+    def _check_cache_consistent(self, attention_mask, past: int, new: int, seen: int, first: bool, step_inputs: dict, like) -> None:
+        """Raises if a row already computed (cached) may attend to a key this step adds, or, before the first
+        token, to the next position: the cache could not honour that. Exact, linear in the sequence per step."""
+        batch_size, device = like.shape[0], like.device
+        heads = self.config.num_attention_heads
+        padding = torch.ones(batch_size, seen + 1, dtype=torch.bool, device=device)
+        if attention_mask is not None and attention_mask.dim() == 2:
+            padding[:, : attention_mask.shape[1]] = attention_mask.bool()
+        inputs = dict(step_inputs)
+        if "document_ids" in inputs:  # the probed next position joins the last document
+            ids = inputs["document_ids"]
+            inputs["document_ids"] = torch.cat([ids, ids[:, -1:]], dim=-1)
+        # Keys to check and the rows that must not see them: before the first token, rows computed earlier
+        # (a continued cache) against the new keys, and every row against the next position; later, every
+        # earlier row against each new key (assisted decoding adds several) and the next position.
+        keys = torch.arange(seen if first and not past else past, seen + 1, device=device)
+        for strategy, _ in self.model.mask_groups:
+            mask_mod = strategy.mask_mod(**inputs, padding_mask=padding, num_heads=heads, sequence_length=seen + 1)
+            seen_by = dense_mask(
+                mask_mod, batch_size=batch_size, num_heads=heads, q_offset=0, q_length=seen, kv_offset=0, kv_length=0,
+                padding_mask=padding, device=device, kv_positions=keys,
+            )
+            rows = torch.arange(seen, device=device).view(-1, 1)
+            earlier = rows < keys.view(1, -1)
+            if first:  # the prompt is computed together: its rows may see each other
+                earlier &= (rows < past) | (keys.view(1, -1) == seen)
+            real_rows = padding[:, :seen].view(batch_size, 1, seen, 1)
+            if (seen_by & earlier & real_rows).any():
+                raise ValueError(
+                    f"Mask strategy {strategy.name!r} lets a token attend to tokens generated after it, which a KV cache "
+                    f"filled earlier cannot honour. Pass use_cache=False to generate() to recompute the whole mask at "
+                    f"every step, or use a cache-consistent strategy such as 'prefix_lm' (bidirectional prompt, causal "
+                    f"continuation) or 'causal'."
+                )

@@ -1,0 +1,246 @@
+"""The body's mask builder: one forward's attention masks, from the strategy, the call's inputs and the cache.
+
+`build_masks` is what `CustomQwen3Model.forward` calls where stock `Qwen3Model.forward` calls
+`create_causal_mask` / `create_sliding_window_causal_mask`, and what `create_masks_for_generate` calls for
+static caches (outside the compiled forward, as stock does). It returns stock's ``{layer_type: mask}`` dict:
+
+* the default ``causal`` strategy: stock's own builders, so the default is stock Qwen3 exactly (sdpa's
+  ``is_causal`` fast path, packed-sequence detection and sliding layers included);
+* any other strategy: under every layer type a `LayerMasks` ``{layer_idx: (mask, attention kwargs)}``; a
+  forward pre-hook on each decoder layer (`pick_layer_mask`) hands the layer its own entry, so per-layer
+  strategies and per-layer kwargs (sdpa's ``is_causal=False`` fast path, flash's direction) need no patching.
+
+What the caller may pass as ``attention_mask`` (shapes: B batch, H heads, Q new tokens, K past + new keys):
+
+| attention_mask                     | meaning                                                                |
+|------------------------------------|------------------------------------------------------------------------|
+| None / 2D (B, K) 1 = real token    | the strategy, AND padding                                              |
+| 4D bool (B, 1|H, Q, K) or 0/1 int  | replaces the strategy for that call (True / 1 = attend)                |
+| 4D float, additive (0 / finfo.min) | stock's meaning: handed to eager/sdpa as it is; lowered like a bool     |
+|                                    | mask (``mask == 0``) for flex_attention and for cached decode          |
+| ``{layer_type: mask}`` dict        | stock's meaning: used as it is (handled by the body, not here)         |
+
+Every mask of a layer type is sized from that type's own cache layer (``get_mask_sizes``), so sliding
+layers (whose cache keeps only the window) get masks over the keys their cache returns. A static cache's
+unwritten slots are padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.masking_utils import and_masks, create_causal_mask, create_sliding_window_causal_mask, sliding_window_overlay
+
+from .cache import BoundedCache
+from .lowering import FLASH_BACKENDS, lower
+from .masks._checks import first_real_token
+from .masks.user_mask import check_user_mask, user_mask
+
+DENSE_FLOAT_BACKENDS = ("eager", "sdpa")
+
+
+class LayerMasks(dict):
+    """``{layer_idx: (mask, attention kwargs)}``, put under every layer type of the mask dict.
+
+    Marks a mask dict as built by this plugin (its strategy inputs already consumed). generate() calls
+    ``.contiguous()`` on every value of a pre-built mask dict, hence the method.
+    """
+
+    def contiguous(self) -> LayerMasks:
+        return self
+
+
+def pick_layer_mask(layer_idx: int, module, args, kwargs):
+    """Forward pre-hook of decoder layer ``layer_idx``: swaps a `LayerMasks` for the layer's own mask."""
+    masks = kwargs.get("attention_mask")
+    if isinstance(masks, LayerMasks):
+        mask, extra = masks[layer_idx]
+        return args, {**kwargs, "attention_mask": mask, **extra}
+    return None
+
+
+def layer_mask(masks: dict, layer_idx: int, layer_type: str = "full_attention"):
+    """``(mask, attention kwargs)`` that decoder layer ``layer_idx`` receives from a mask dict."""
+    entry = masks[layer_type]
+    return entry[layer_idx] if isinstance(entry, LayerMasks) else (entry, {})
+
+
+def flash_error(what: str, backend: str) -> str:
+    return (
+        f"The {what} mask cannot be expressed by {backend}, which supports only causal, bidirectional and "
+        f"sliding-window masks (plus padding). Load the model with attn_implementation='sdpa' or "
+        f"'flex_attention' for it."
+    )
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def as_bool_user_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A 4D bool / 0-1 integer / additive float (0 = attend, very negative = blocked) mask as bool."""
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.dtype.is_floating_point:
+        blocked = mask <= torch.finfo(mask.dtype).min / 2
+        if not _compiling() and not ((mask == 0) | blocked).all():
+            raise ValueError(
+                "This 4D float attention_mask holds values other than 0 (attend) and a large negative number "
+                "(blocked), i.e. an additive bias; only eager and sdpa take a bias (as stock does), and not for "
+                "generate(). Pass a bool mask (True = attend) for this backend."
+            )
+        return ~blocked
+    if not _compiling() and not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"A 4D integer attention_mask holds 1 (attend) and 0 (blocked), got other values ({mask.dtype}).")
+    return mask != 0
+
+
+def padding_mask(attention_mask, batch_size: int, seen, total: int, device) -> torch.Tensor:
+    """(batch, total) bool, True for real tokens; slots after the ``seen`` tokens (a static cache's unwritten
+    ones) are False. ``seen`` (past + new tokens) may be a 0-d tensor (a static cache's length)."""
+    if attention_mask is None:
+        return (torch.arange(total, device=device) < seen).expand(batch_size, total)
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size or attention_mask.shape[1] > total:
+        raise ValueError(
+            f"2D attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, past + new tokens) = "
+            f"({batch_size}, {seen}). A custom mask is 4D: (batch, 1 or heads, new tokens, past + new tokens)."
+        )
+    width = attention_mask.shape[1]
+    if not _compiling() and width not in (int(seen), total):
+        raise ValueError(
+            f"2D attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, past + new tokens) = "
+            f"({batch_size}, {int(seen)}). A custom mask is 4D: (batch, 1 or heads, new tokens, past + new tokens)."
+        )
+    if attention_mask.dtype.is_floating_point and not _compiling() and not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise TypeError(
+            f"A 2D attention_mask holds 1 for real tokens and 0 for padding, got {attention_mask.dtype} values "
+            f"other than 0 and 1 (an additive float mask?). Pass the 0/1 padding mask, or a 4D mask."
+        )
+    padding = attention_mask.to(device=device, dtype=torch.bool)
+    return torch.nn.functional.pad(padding, (0, total - width))
+
+
+def stock_causal_masks(body, inputs_embeds, attention_mask, cache, position_ids) -> dict:
+    """Plain causal: stock's builders, so the default is exactly stock Qwen3."""
+    kwargs = dict(config=body.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, past_key_values=cache, position_ids=position_ids)
+    masks = {"full_attention": create_causal_mask(**kwargs)}
+    if body.has_sliding_layers:
+        masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+    return masks
+
+
+def _layer_sizes(config, cache, q_length: int) -> dict[str, tuple[int, int]]:
+    """``{layer_type: (kv_offset, kv_length)}``, each read off the first cache layer of that type."""
+    sizes = {}
+    for layer_type in dict.fromkeys(config.layer_types):
+        if cache is None:
+            sizes[layer_type] = (0, q_length)
+        else:
+            kv_length, kv_offset = cache.get_mask_sizes(q_length, config.layer_types.index(layer_type))
+            sizes[layer_type] = (kv_offset, kv_length)
+    return sizes
+
+
+def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_inputs: dict, prompt_mask=None):
+    """Returns ``({layer_type: mask or LayerMasks}, position_ids)`` for one forward (see the module docstring).
+
+    inputs_embeds: (B, Q, *) for batch size, length, dtype and device only (a 0-width tensor will do).
+    mask_inputs: the strategy's per-call inputs (e.g. ``prefix_lengths``). prompt_mask: generate()'s 4D
+    prompt mask (B, 1|H, P, P), kept for the prompt rows while generated rows attend causally.
+    """
+    config, backend = body.config, body.config._attn_implementation
+    batch_size, q_length = inputs_embeds.shape[:2]
+    device, dtype = inputs_embeds.device, inputs_embeds.dtype
+    is_4d = isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4
+    bounded = isinstance(cache, BoundedCache)
+    if not is_4d and prompt_mask is None and not bounded and body.mask_strategy_is_causal:
+        return stock_causal_masks(body, inputs_embeds, attention_mask, cache, position_ids), position_ids
+    if (is_4d or prompt_mask is not None) and mask_inputs:
+        raise ValueError(
+            f"A 4D attention mask replaces the mask strategy, so {sorted(mask_inputs)} would be ignored; pass one or the other."
+        )
+
+    q_offset = 0 if cache is None else cache.get_seq_length()
+    seen = q_offset + q_length
+    sizes = _layer_sizes(config, cache, q_length)
+    total = max(offset + length for offset, length in sizes.values())
+    if isinstance(seen, int):
+        total = max(total, seen)
+    if is_4d:
+        check_user_mask(attention_mask, batch_size=batch_size, num_heads=config.num_attention_heads, q_length=q_length, kv_lengths=(seen, total))
+        if attention_mask.dtype.is_floating_point and backend in DENSE_FLOAT_BACKENDS and not bounded and not body.has_sliding_layers:
+            # Stock's meaning: an additive mask (or bias) handed to the attention as it is, for every layer.
+            return {layer_type: attention_mask for layer_type in sizes}, position_ids
+        padding = padding_mask(None, batch_size, seen, total, device)
+    else:
+        padding = padding_mask(attention_mask, batch_size, seen, total, device)
+
+    kv_positions = None
+    if bounded:
+        bound_cache(body, cache, padding, user_mask=is_4d or prompt_mask is not None)
+        kv_positions = cache.kv_positions(q_length)
+        sizes = {layer_type: (0, kv_positions.shape[-1]) for layer_type in sizes}
+
+    call = dict(batch_size=batch_size, num_heads=config.num_attention_heads, q_offset=q_offset, q_length=q_length, padding_mask=padding, device=device, kv_positions=kv_positions)
+    if is_4d:
+        groups = [(user_mask(as_bool_user_mask(attention_mask).to(device), row_offset=q_offset), None, body.all_layers)]
+    elif prompt_mask is not None:
+        groups = [(user_mask(as_bool_user_mask(prompt_mask).to(device)), None, body.all_layers)]
+    else:
+        strategy = body.mask_strategy
+        context = dict(mask_inputs, padding_mask=padding, position_ids=position_ids, num_heads=config.num_attention_heads)
+        if not _compiling():
+            context["sequence_length"] = int(seen)
+        if position_ids is None and strategy.places_tokens:
+            position_ids = strategy.position_ids(**context)[:, q_offset : q_offset + q_length]
+        groups = [(s.mask_mod(**context), s.flash_form(), layers) for s, layers in body.mask_groups]
+
+    masks = LayerMasks()
+    for mask_mod, form, layers in groups:
+        for layer_type, (kv_offset, kv_length) in sizes.items():
+            typed = [idx for idx in layers if config.layer_types[idx] == layer_type]
+            if not typed:
+                continue
+            mask, extra = _lower(body, backend, mask_mod, form, layer_type, padding, dtype, call, kv_offset, kv_length)
+            for idx in typed:
+                masks[idx] = (mask, extra)
+    return {layer_type: masks for layer_type in sizes}, position_ids
+
+
+def _lower(body, backend, mask_mod, form, layer_type, padding, dtype, call, kv_offset, kv_length):
+    """One mask_mod for the layers of one type: ``(mask, extra attention kwargs)``."""
+    keys = padding[:, kv_offset : kv_offset + kv_length]  # False for padding and a static cache's empty slots
+    if backend in FLASH_BACKENDS:
+        if form is None:
+            raise ValueError(flash_error("4D attention_mask", backend))
+        # The window is a module attribute (set by set_mask_strategy); the rest (is_causal) travels per layer.
+        extra = {k: v for k, v in form.items() if k != "sliding_window"}
+        return (None if bool(keys.all()) else keys), extra
+    if layer_type == "sliding_attention":
+        mask_mod = and_masks(mask_mod, sliding_window_overlay(body.config.sliding_window))
+    elif form == {"is_causal": False} and backend == "sdpa" and call["kv_positions"] is None and not _compiling():
+        if bool(keys.all()):
+            return None, {"is_causal": False}  # sdpa's no-mask fast path
+    return lower(backend, mask_mod, dtype=dtype, kv_offset=kv_offset, kv_length=kv_length, **call), {}
+
+
+def bound_cache(body, cache: BoundedCache, padding: torch.Tensor, user_mask: bool) -> None:
+    """At prefill, tells a BoundedCache which positions the strategy can still show a future query."""
+    if cache.is_configured:
+        return
+    backend = body.config._attn_implementation
+    strategy = body.mask_strategy
+    bounds = None if user_mask else strategy.cache_bounds()
+    if bounds is None or backend in FLASH_BACKENDS:
+        why = (
+            f"{backend} reads keys as one contiguous range" if bounds is not None
+            else f"the mask strategy {strategy.name!r} lets a query see arbitrarily old tokens"
+            if not user_mask else "a 4D attention_mask may show a query any earlier token"
+        )
+        raise ValueError(
+            f"BoundedCache cannot be used here: {why}. Use it with a bounded strategy (sliding_window, "
+            f"attention_sinks, chunked, or an 'and' composition with one) on eager, sdpa or flex_attention, "
+            f"or use a DynamicCache."
+        )
+    first, last = bounds
+    left_padding = int(first_real_token(padding).max()) if first else 0
+    cache.set_bounds(left_padding + first, last, num_layers=len(body.layers))
