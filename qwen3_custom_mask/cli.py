@@ -4,6 +4,7 @@
     qwen3-mask show sliding_window --param window=3 --length 8 [--png mask.png]
     qwen3-mask generate --strategy configs/prefix_lm.yaml "The capital of France is"
     qwen3-mask demo                       # the README's main job, on the embedded default checkpoint
+    qwen3-mask export --model PATH --stock OUT   # a plain qwen3 checkpoint, where stock can express the mask
     qwen3-mask bench                      # speed/memory against stock Qwen3ForCausalLM
     qwen3-mask finetune --recipe configs/packed_sft.yaml --data train.jsonl --model PATH
 
@@ -188,6 +189,27 @@ def cmd_demo(args) -> None:
     print("\ndone: every strategy ran through from_pretrained + generate; see `qwen3-mask list` for the rest.")
 
 
+# ---------------------------------------------------------------------------------------------- export
+def cmd_export(args) -> None:
+    from .default import default_checkpoint
+    from .export import export_stock, stock_form
+    from .modeling import CustomQwen3ForCausalLM
+
+    path = str(args.model) if args.model else str(default_checkpoint())
+    extra = {"mask_strategy": _spec(args.strategy).to_dict()} if args.strategy else {}
+    model = CustomQwen3ForCausalLM.from_pretrained(path, **extra)
+    fields = stock_form(model.mask_strategy, model.config)  # refuses before anything is written
+    out = export_stock(model, args.stock)
+    if args.model is None or not (out / "tokenizer.json").exists():
+        from transformers import AutoTokenizer
+
+        try:
+            AutoTokenizer.from_pretrained(path).save_pretrained(out)
+        except (OSError, ValueError):
+            pass  # a checkpoint without a tokenizer exports without one
+    print(f"wrote {out}: model_type qwen3, mask {json.dumps(model.mask_strategy.to_dict())} as {json.dumps(fields)}")
+
+
 # ----------------------------------------------------------------------------------- bench / finetune
 def cmd_bench(args, rest) -> None:
     from .benchmark import main as bench_main
@@ -236,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: every strategy on the embedded default, checked against stock")
     model_args(demo)
 
+    export = sub.add_parser("export", help="write a plain qwen3 checkpoint that stock loaders serve with the same mask")
+    export.add_argument("--model", help="plugin checkpoint (default: the embedded default)")
+    export.add_argument("--strategy", help="override the checkpoint's strategy (name, JSON spec, or file)")
+    export.add_argument("--stock", required=True, metavar="OUT", help="output folder")
+
     sub.add_parser("bench", help="benchmark against stock Qwen3ForCausalLM (options: qwen3-mask bench --help)", add_help=False)
     sub.add_parser("finetune", help="fine-tune with a strategy (options: qwen3-mask finetune --help)", add_help=False)
     return parser
@@ -253,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     if rest and args.command not in ("bench", "finetune"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    commands = {"list": cmd_list, "show": cmd_show, "generate": cmd_generate, "demo": cmd_demo}
+    commands = {"list": cmd_list, "show": cmd_show, "generate": cmd_generate, "demo": cmd_demo, "export": cmd_export}
     try:
         if args.command in ("bench", "finetune"):
             {"bench": cmd_bench, "finetune": cmd_finetune}[args.command](args, rest)

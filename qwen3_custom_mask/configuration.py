@@ -11,6 +11,15 @@ from transformers import Qwen3Config
 MASK_SPEC_VERSION = 1
 
 
+def strategy_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A stock config's fields with its ``is_causal: false`` (stock's bidirectional switch) read as the
+    ``bidirectional`` strategy: the strategy alone decides the mask (see export.py for the way back)."""
+    fields = dict(fields)
+    if fields.pop("is_causal", True) is False and fields.get("mask_strategy") is None:
+        fields["mask_strategy"] = {"name": "bidirectional"}
+    return fields
+
+
 class CustomQwen3Config(Qwen3Config):
     """A `Qwen3Config` that records ``mask_strategy`` as ``{"name": ..., **params}`` (None means causal).
 
@@ -27,7 +36,7 @@ class CustomQwen3Config(Qwen3Config):
     def get_config_dict(cls, *args, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
         if config_dict.get("model_type") == Qwen3Config.model_type:
-            config_dict = {**config_dict, "model_type": cls.model_type}
+            config_dict = strategy_fields({**config_dict, "model_type": cls.model_type})
         version = config_dict.get("mask_spec_version", MASK_SPEC_VERSION)
         if not isinstance(version, int) or version > MASK_SPEC_VERSION:
             raise ValueError(

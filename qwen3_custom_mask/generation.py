@@ -21,7 +21,7 @@ from transformers.generation.configuration_utils import GenerationMode
 
 from .cache import BoundedCache
 from .lowering import dense_mask
-from .masking import as_bool_user_mask, build_masks
+from .masking import LayerMasks, as_bool_user_mask, build_masks
 from .masks.document import document_ids_of
 from .masks.user_mask import check_user_mask
 from .registry import mask_input_names
@@ -123,7 +123,7 @@ class MaskedGenerationMixin:
             step_inputs["prompt_attention_mask"] = kwargs["prompt_attention_mask"]
         token = _STEP_INPUTS.set(step_inputs)
         try:
-            return super().prepare_inputs_for_generation(
+            model_inputs = super().prepare_inputs_for_generation(
                 input_ids,
                 next_sequence_length=next_sequence_length,
                 past_key_values=past_key_values,
@@ -134,13 +134,25 @@ class MaskedGenerationMixin:
             )
         finally:
             _STEP_INPUTS.reset(token)
+        if isinstance(model_inputs.get("attention_mask"), dict):
+            # Masks built ahead (static cache): the inputs are spent, and a growing document_ids would make a
+            # compiled forward recompile at every step.
+            for name in step_inputs:
+                model_inputs.pop(name, None)
+        return model_inputs
 
     def create_masks_for_generate(self, config, inputs_embeds, attention_mask, past_key_values, position_ids=None, **kwargs):
         """The hook generate() calls for compileable (static) caches: the strategy's masks, built before the
-        compiled forward, sized from each layer type's own cache layer."""
+        compiled forward, sized from each layer type's own cache layer. The strategy's per-call inputs come from
+        generate() (or as keyword arguments, for direct calls)."""
         step_inputs = dict(_STEP_INPUTS.get())
+        step_inputs.update({name: kwargs[name] for name in self.mask_strategy.inputs if kwargs.get(name) is not None})
         prompt_mask = step_inputs.pop("prompt_attention_mask", None)
         masks, _ = build_masks(self.model, inputs_embeds, attention_mask, past_key_values, position_ids, step_inputs, prompt_mask)
+        # generate() calls .contiguous() on each value, which a flex BlockMask lacks (stock fails there).
+        for layer_type, mask in masks.items():
+            if mask is not None and not isinstance(mask, (torch.Tensor, LayerMasks)):
+                masks[layer_type] = LayerMasks({idx: (mask, {}) for idx, t in enumerate(config.layer_types) if t == layer_type})
         return masks
 
     def _check_cache_consistent(self, attention_mask, past: int, new: int, seen: int, first: bool, step_inputs: dict, like) -> None:

@@ -101,7 +101,7 @@ def block_mask(
 
     # Offsets travel as tensors, not Python ints: a compiled flex_attention guards on the value of every int it
     # sees, so int offsets would recompile at every decode step.
-    q_base = torch.tensor(q_offset, device=device)
+    q_base = torch.as_tensor(q_offset, device=device)
     kv_positions = key_positions(kv_offset, kv_length, kv_positions, device)
     kv_length = kv_positions.shape[0]
     key_is_real = padding_mask[:, kv_positions]  # (B, K): same shape at every step of a bounded cache

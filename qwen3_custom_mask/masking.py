@@ -160,6 +160,8 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
         )
 
     q_offset = 0 if cache is None else cache.get_seq_length()
+    if isinstance(q_offset, torch.Tensor):  # a static cache's counter, which its update() bumps in place mid-forward
+        q_offset = q_offset.clone()
     seen = q_offset + q_length
     sizes = _layer_sizes(config, cache, q_length)
     total = max(offset + length for offset, length in sizes.values())

@@ -35,7 +35,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3PreTrainedModel
 from transformers.utils.generic import merge_with_config_defaults
 
 from . import masks  # noqa: F401  (registers the built-in strategies)
-from .configuration import CustomQwen3Config
+from .configuration import CustomQwen3Config, strategy_fields
 from .generation import MaskedGenerationMixin
 from .lowering import FLASH_BACKENDS
 from .masking import LayerMasks, build_masks, flash_error, pick_layer_mask
@@ -53,7 +53,7 @@ def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
     """A plain `Qwen3Config` (same fields, no strategy) as a `CustomQwen3Config`; the backend choice is kept."""
     if isinstance(config, CustomQwen3Config):
         return config
-    custom = CustomQwen3Config(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
+    custom = CustomQwen3Config(**strategy_fields({k: v for k, v in config.to_dict().items() if k != "model_type"}))
     custom._attn_implementation_internal = config._attn_implementation_internal  # not part of to_dict()
     return custom
 

@@ -30,20 +30,37 @@ def sharded_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def models(checkpoint):
-    """One eval-mode CustomQwen3ForCausalLM per backend, loaded once per session (strategy reset per test)."""
-    return {
-        backend: CustomQwen3ForCausalLM.from_pretrained(checkpoint, attn_implementation=backend).eval()
-        for backend in BACKENDS
-    }
+def sliding_checkpoint(tmp_path_factory):
+    """The same architecture with a sliding layer (use_sliding_window, max_window_layers=1: layer 1 slides, window 4)."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen3-sliding"), use_sliding_window=True, sliding_window=4, max_window_layers=1)
+
+
+CONFIGS = ["plain", "sliding-layers"]
+
+
+@pytest.fixture(scope="session")
+def models(checkpoint, sliding_checkpoint):
+    """One eval-mode CustomQwen3ForCausalLM per (config, backend), loaded on first use (strategy reset per test).
+
+    models[backend] is the plain config's; models["sliding-layers", backend] the one with a sliding layer.
+    """
+
+    class Models(dict):
+        def __missing__(self, key):
+            config, backend = key if isinstance(key, tuple) else ("plain", key)
+            path = checkpoint if config == "plain" else sliding_checkpoint
+            self[key] = CustomQwen3ForCausalLM.from_pretrained(path, attn_implementation=backend).eval()
+            return self[key]
+
+    return Models()
 
 
 @pytest.fixture
 def model_for(models):
-    """model_for(backend, strategy) -> the session model with that strategy set."""
+    """model_for(backend, strategy, config="plain") -> the session model with that strategy set."""
 
-    def get(backend, strategy="causal"):
-        model = models[backend]
+    def get(backend, strategy="causal", config="plain"):
+        model = models[backend] if config == "plain" else models[config, backend]
         model.set_mask_strategy(strategy)
         return model
 

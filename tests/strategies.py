@@ -4,6 +4,9 @@ The batch is 2 x 12 tokens; sample 0 has 3 pads on the left. The tiny model has 
 """
 
 import torch
+from transformers.masking_utils import and_masks, sliding_window_overlay
+
+from qwen3_custom_mask.reference import reference_logits, reference_mask
 
 # Document ids cover the whole row (pads belong to the first document of sample 0).
 DOCUMENTS = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2], [0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2]])
@@ -49,3 +52,26 @@ CACHEABLE = [
 def step_inputs(inputs: dict, end: int) -> dict:
     """Per-call inputs for a forward over tokens [0, end): per-token inputs are cut like attention_mask."""
     return {k: v[:, :end] if k == "document_ids" else v for k, v in inputs.items()}
+
+
+def expected_logits(model, ids, mask, positions, inputs):
+    """The reference over the whole sequence, asking each layer's mask_mod element by element (sliding
+    layers of the config add their window). Strategies that place tokens themselves (documents) get their
+    own positions, as the model does when it is given no position_ids."""
+    config = model.config
+    padding = mask.bool()
+    strategy = model.mask_strategy
+    heads = config.num_attention_heads
+    context = dict(inputs, padding_mask=padding, num_heads=heads)
+    dense = {}
+    for layer in range(config.num_hidden_layers):
+        key = (strategy.for_layer(layer), config.layer_types[layer])
+        if key not in dense:
+            mask_mod = key[0].mask_mod(**context)
+            if key[1] == "sliding_attention":
+                mask_mod = and_masks(mask_mod, sliding_window_overlay(config.sliding_window))
+            dense[key] = reference_mask(mask_mod, ids.shape[0], heads, ids.shape[1], padding)
+    if strategy.places_tokens:
+        positions = strategy.position_ids(**context)
+    layer_masks = [dense[(strategy.for_layer(i), config.layer_types[i])] for i in range(config.num_hidden_layers)]
+    return reference_logits(model, ids, layer_masks, positions)

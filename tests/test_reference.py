@@ -2,35 +2,14 @@
 
 import pytest
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 from qwen3_custom_mask.reference import reference_logits, reference_mask
 
-from conftest import BACKENDS, left_padded
-from strategies import CACHEABLE, CASES, step_inputs
+from conftest import BACKENDS, CONFIGS, left_padded
+from strategies import CACHEABLE, CASES, expected_logits, step_inputs
 
 ATOL = 1e-4  # tiny model, 12 tokens: far below the ~1e-3 CPU noise seen at 1k tokens
-
-
-def expected_logits(model, ids, mask, positions, inputs):
-    """The reference over the whole sequence, asking each layer's mask_mod element by element.
-
-    Strategies that place tokens themselves (documents) get their own positions, as the model does when
-    it is given no position_ids.
-    """
-    padding = mask.bool()
-    strategy = model.mask_strategy
-    heads = model.config.num_attention_heads
-    context = dict(inputs, padding_mask=padding, num_heads=heads)
-    dense = {}
-    for layer in range(model.config.num_hidden_layers):
-        s = strategy.for_layer(layer)
-        if s not in dense:
-            dense[s] = reference_mask(s.mask_mod(**context), ids.shape[0], heads, ids.shape[1], padding)
-    if strategy.places_tokens:
-        positions = strategy.position_ids(**context)
-    layer_masks = [dense[strategy.for_layer(layer)] for layer in range(model.config.num_hidden_layers)]
-    return reference_logits(model, ids, layer_masks, positions)
 
 
 def given_positions(model, positions):
@@ -38,12 +17,20 @@ def given_positions(model, positions):
     return None if model.mask_strategy.places_tokens else positions
 
 
+def make_cache(kind, model):
+    """A fresh cache of each kind a user passes: DynamicCache, or a StaticCache sized past the sequence."""
+    if kind == "dynamic":
+        return DynamicCache(config=model.config)
+    return StaticCache(config=model.config, max_cache_len=16)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", sorted(CASES))
 @torch.no_grad()
-def test_full_forward_matches_reference(model_for, backend, case):
+def test_full_forward_matches_reference(model_for, backend, case, config):
     spec, inputs = CASES[case]
-    model = model_for(backend, spec)
+    model = model_for(backend, spec, config)
     ids, mask, positions = left_padded()
     out = model(ids, attention_mask=mask, position_ids=given_positions(model, positions), **inputs).logits
     ref = expected_logits(model, ids, mask, positions, inputs)
@@ -51,15 +38,18 @@ def test_full_forward_matches_reference(model_for, backend, case):
     torch.testing.assert_close(out[real], ref[real], atol=ATOL, rtol=1e-4)
 
 
+@pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CACHEABLE)
 @torch.no_grad()
-def test_prefill_then_cached_decode_matches_reference(model_for, backend, case):
+def test_prefill_then_cached_decode_matches_reference(model_for, backend, case, config, cache_kind):
+    """Prefill 9 tokens, then one token at a time; the sliding-layers config's window (4) is passed mid-way."""
     spec, inputs = CASES[case]
-    model = model_for(backend, spec)
+    model = model_for(backend, spec, config)
     ids, mask, positions = left_padded()
     prefill = 9  # covers every prefix (sample 0: 3 pads + 4), so the cache may hold the prefix
-    cache = DynamicCache(config=model.config)
+    cache = make_cache(cache_kind, model)
     positions_in = given_positions(model, positions)
     pieces = [
         model(

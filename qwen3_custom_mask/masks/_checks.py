@@ -3,6 +3,11 @@
 import torch
 
 
+def checking_values() -> bool:
+    """Whether to check tensor values (data-dependent branches) now: not while torch.compile traces a graph."""
+    return not torch.compiler.is_compiling()
+
+
 def positive_int(strategy: str, name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{strategy}: {name} must be a positive integer, got {value!r}.")
@@ -21,7 +26,7 @@ def per_sample_lengths(strategy: str, name: str, value) -> torch.Tensor:
         lengths = lengths[None]
     if lengths.dim() != 1:
         raise ValueError(f"{strategy}: {name} must have shape (batch,), got {tuple(lengths.shape)}.")
-    if (lengths < 0).any():
+    if checking_values() and (lengths < 0).any():
         raise ValueError(f"{strategy}: {name} must be >= 0, got {lengths.tolist()}.")
     return lengths.long()
 

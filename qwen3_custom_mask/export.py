@@ -1,0 +1,80 @@
+"""Checkpoints other runtimes can serve: a plugin model as a plain ``qwen3`` checkpoint, where stock can express it.
+
+Stock Qwen3 (and runtimes that read its config: vLLM, TGI, llama.cpp converters) knows three masks: causal,
+bidirectional (``is_causal: false``) and one sliding window on the layers ``layer_types`` marks
+``sliding_attention``. A strategy that is exactly one of those, per layer, exports; anything else is refused
+with the reason, since a stock loader would silently run a different mask::
+
+    export_stock("finetuned/", "served/")          # or: qwen3-mask export --model finetuned --stock served
+    Qwen3ForCausalLM.from_pretrained("served/")    # same logits as CustomQwen3ForCausalLM on "finetuned/"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import Qwen3Config
+
+from .configuration import CustomQwen3Config
+
+PLUGIN_KEYS = ("mask_strategy", "mask_spec_version")
+
+
+def stock_form(strategy, config) -> dict:
+    """The stock config fields that express ``strategy`` on a model with ``config``; ValueError if none do."""
+    num_layers = config.num_hidden_layers
+    forms = [strategy.for_layer(idx).flash_form() for idx in range(num_layers)]
+    names = sorted({strategy.for_layer(idx).name for idx, form in enumerate(forms) if form is None})
+    if names:
+        raise ValueError(
+            f"Cannot export the mask strategy {strategy.to_dict()} to a stock qwen3 checkpoint: {names} has no "
+            f"standard form (stock Qwen3 expresses causal, bidirectional as is_causal: false, and one sliding window "
+            f"per layer through layer_types). Serve it with qwen3_custom_mask, or export a causal/sliding variant."
+        )
+    bidirectional = [form.get("is_causal") is False for form in forms]
+    if any(bidirectional):
+        if not all(bidirectional) or any(form.get("sliding_window") for form in forms) or "sliding_attention" in config.layer_types:
+            raise ValueError(
+                f"Cannot export the mask strategy {strategy.to_dict()} to a stock qwen3 checkpoint: stock sets the "
+                f"direction for the whole model (is_causal), without windows; this strategy mixes directions or windows."
+            )
+        return {"is_causal": False}
+    windows = []
+    for idx, form in enumerate(forms):
+        own = config.sliding_window if config.layer_types[idx] == "sliding_attention" else None
+        candidates = [w for w in (own, form.get("sliding_window")) if w]
+        windows.append(min(candidates) if candidates else None)
+    distinct = sorted({w for w in windows if w is not None})
+    if len(distinct) > 1:
+        raise ValueError(
+            f"Cannot export the mask strategy {strategy.to_dict()} to a stock qwen3 checkpoint: its layers use "
+            f"windows {distinct}, and stock Qwen3 has one sliding_window for every sliding layer."
+        )
+    if not distinct:
+        return {"layer_types": ["full_attention"] * num_layers, "use_sliding_window": False}
+    return {
+        "layer_types": ["sliding_attention" if w else "full_attention" for w in windows],
+        "use_sliding_window": True,
+        "sliding_window": distinct[0],
+    }
+
+
+def export_stock(model, out_dir: str | Path) -> Path:
+    """Writes ``model`` (a plugin model, or the path of a plugin checkpoint) as a plain ``qwen3`` checkpoint:
+    the same weights, a config.json stock Qwen3 reads with the same mask. Raises if the strategy has no
+    standard form (see `stock_form`)."""
+    if isinstance(model, (str, Path)):
+        from .modeling import CustomQwen3ForCausalLM
+
+        model = CustomQwen3ForCausalLM.from_pretrained(model)
+    config = model.config
+    if not isinstance(config, CustomQwen3Config):
+        raise TypeError(f"export_stock takes a qwen3_custom_mask model or checkpoint, got a {type(config).__name__}.")
+    fields = stock_form(model.mask_strategy, config)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    plain = {k: v for k, v in config.to_dict().items() if k not in PLUGIN_KEYS and k != "model_type"}
+    plain.update(fields)
+    plain["architectures"] = [type(model).__name__.replace("Custom", "", 1)]
+    Qwen3Config(**plain).to_json_file(out / "config.json")
+    return out
