@@ -8,6 +8,7 @@ stock's, on this body, so ``model.model(...)``, ``AutoModel`` and every ``AutoMo
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
@@ -50,11 +51,15 @@ BUILTIN_MASK_INPUTS = ("prefix_lengths", "document_ids", "draft_tree")
 
 
 def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
-    """A plain `Qwen3Config` (same fields, no strategy) as a `CustomQwen3Config`; the backend choice is kept."""
+    """A copy of a plain `Qwen3Config` as a `CustomQwen3Config`: every field and setting as it is (the backend
+    choice included, nothing re-validated, as stock took it), causal unless it says ``is_causal: false``."""
     if isinstance(config, CustomQwen3Config):
         return config
-    custom = CustomQwen3Config(**strategy_fields({k: v for k, v in config.to_dict().items() if k != "model_type"}))
-    custom._attn_implementation_internal = config._attn_implementation_internal  # not part of to_dict()
+    custom = copy.copy(config)
+    custom.__class__ = CustomQwen3Config
+    for name, value in strategy_fields({"is_causal": getattr(config, "is_causal", True)}).items():
+        setattr(custom, name, value)
+    custom.__dict__.pop("is_causal", None)
     return custom
 
 
