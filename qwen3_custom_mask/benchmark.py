@@ -8,6 +8,8 @@ Measured, each as the median with min-max over --repeats:
 * prefill latency (--lengths) for stock and for every strategy x backend; a custom strategy is compared with
   stock given the equivalent precomputed 4D mask (built outside the timed region, as a user would cache it);
 * greedy decode tokens/s (batch 1 and 8, --new-tokens) for the default strategy against stock;
+* compiled static-cache decode tokens/s (generate()'s auto-compiled forward, sdpa) for causal, sliding_window,
+  prefix_lm and document against stock compiled, batch 1 and 8;
 * mask construction time per forward and the bytes of the mask each backend receives;
 * peak memory of each prefill (CUDA: allocator peak; Linux CPU: resident-set high-water mark, reset per run);
 * flex_attention: attention time of sliding_window(256) and document(8 docs) against sdpa with a dense mask
@@ -202,6 +204,41 @@ def run(args) -> list[dict]:
     return rows
 
 
+COMPILED_STRATEGIES = ["causal", "sliding_window(256)", "prefix_lm(half)", "document(8 docs)"]
+
+
+@torch.no_grad()
+def compiled_decode(args) -> list[dict]:
+    """Static-cache greedy decoding with generate()'s auto-compiled forward (sdpa): stock causal vs each strategy."""
+    from transformers import CompileConfig
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    stock, custom = build_models(args, "sdpa", device, dtype)
+    config = CompileConfig(fullgraph=True, mode="reduce-overhead" if device.type == "cuda" else None)
+    config._compile_all_devices = True  # generate() compiles on CUDA by itself; on CPU only when asked
+    rows = []
+    for batch in args.decode_batches:
+        prompt_length = 32
+        prompt = torch.randint(0, args.vocab, (batch, prompt_length), device=device)
+        kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0,
+                      cache_implementation="static", compile_config=config)
+        stock.generate(prompt, **kwargs)  # compiles
+        for name in COMPILED_STRATEGIES:
+            spec, make_inputs = STRATEGIES[name]
+            custom.set_mask_strategy(spec)
+            inputs = make_inputs(prompt_length, device)
+            inputs = {k: v.expand(batch, *v.shape[1:]) for k, v in inputs.items()}
+            custom.generate(prompt, **kwargs, **inputs)  # compiles on first use; the masks are inputs, so once
+            ours, base = timed_pair(lambda: custom.generate(prompt, **kwargs, **inputs), lambda: stock.generate(prompt, **kwargs),
+                                    device, max(2, args.repeats // 2))
+            rows.append(dict(batch=batch, strategy=name, tokens_per_s=batch * args.new_tokens / ours[0],
+                             stock_tokens_per_s=batch * args.new_tokens / base[0], ratio=base[0] / ours[0]))
+            logger.info("compiled decode batch %d %s: %.1f tokens/s (%.3fx stock)", batch, name, rows[-1]["tokens_per_s"], rows[-1]["ratio"])
+    custom.set_mask_strategy("causal")
+    return rows
+
+
 @torch.no_grad()
 def attention_sparsity(args) -> list[dict]:
     """flex_attention (BlockMask) vs sdpa with the dense mask vs the ideal (sdpa on unmasked blocks only)."""
@@ -243,7 +280,7 @@ def attention_sparsity(args) -> list[dict]:
     return rows
 
 
-def markdown(rows, sparse, args, device_name) -> str:
+def markdown(rows, sparse, args, device_name, compiled=()) -> str:
     lines = [f"Machine: {device_name}; torch {torch.__version__}; Qwen3-0.6B-shaped (hidden 1024, 16 heads, 8 KV heads, "
              f"head_dim 128), {args.layers} layers, vocab {args.vocab}, {args.dtype}; median (min-max) of {args.repeats} runs.", ""]
     lines += ["| backend | tokens | strategy | prefill ms | vs | ratio | mask build ms | mask bytes | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
@@ -258,6 +295,12 @@ def markdown(rows, sparse, args, device_name) -> str:
         if r["kind"] == "decode":
             ratio = f"{r['ratio']:.3f}" if "ratio" in r else "1.000"
             lines.append(f"| {r['backend']} | {r['batch']} | {r['strategy']} | {r['tokens_per_s']:.1f} | {ratio} |")
+    if compiled:
+        lines += ["", f"Compiled static-cache decode (sdpa, generate() with cache_implementation='static' and a fullgraph "
+                  f"CompileConfig; prompt 32, {args.new_tokens} new tokens):", "",
+                  "| batch | strategy | tokens/s | stock compiled tokens/s | ratio vs stock compiled |", "|---|---|---|---|---|"]
+        for r in compiled:
+            lines.append(f"| {r['batch']} | {r['strategy']} | {r['tokens_per_s']:.1f} | {r['stock_tokens_per_s']:.1f} | {r['ratio']:.3f} |")
     if sparse:
         lines += ["", f"Attention only, {args.sparse_length} tokens, 16 heads (ms):", "",
                   "| mask | density | flex BlockMask | sdpa dense mask | ideal (unmasked blocks) | flex / dense | flex / ideal |",
@@ -282,6 +325,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sparse-length", type=int, default=4096)
     parser.add_argument("--no-sparse", action="store_true", help="skip the flex sparsity comparison")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled static-cache decode comparison")
+    parser.add_argument("--only-compiled", action="store_true", help="run only the compiled static-cache decode comparison")
     parser.add_argument("--quick", action="store_true", help="lengths 128/256, 8 new tokens, 2 repeats, sparsity at 512")
     parser.add_argument("--markdown", help="write the Markdown tables to this file")
     args = parser.parse_args(argv)
@@ -303,9 +348,13 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    sparse = [] if args.no_sparse or "flex_attention" not in args.backends else attention_sparsity(args)
-    rows = run(args)
-    table = markdown(rows, sparse, args, device_name)
+    compiled = [] if args.no_compiled else compiled_decode(args)
+    if args.only_compiled:
+        sparse, rows = [], []
+    else:
+        sparse = [] if args.no_sparse or "flex_attention" not in args.backends else attention_sparsity(args)
+        rows = run(args)
+    table = markdown(rows, sparse, args, device_name, compiled)
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
