@@ -4,7 +4,8 @@ All builders take the same window of absolute positions: queries ``q_offset .. q
 against keys ``kv_offset .. kv_offset + kv_length - 1`` (during cached decoding ``q_length`` is the number of
 new tokens, so only the new rows are built), and a 2D ``padding_mask`` (batch, >= kv_offset + kv_length),
 True for real tokens, that is ANDed on the key axis. A cache that keeps only some keys (`BoundedCache`)
-passes ``kv_positions`` instead: the absolute position of each key, in cache order.
+passes ``kv_positions`` instead: the absolute position of each key, in cache order, (K,) or one row per sample
+(B, K) with -1 for an empty slot.
 
 | backend            | what it gets                                                     |
 |--------------------|------------------------------------------------------------------|
@@ -28,26 +29,32 @@ DENSE_BACKENDS = ("eager", "sdpa")
 
 
 def key_positions(kv_offset: int, kv_length: int, kv_positions: torch.Tensor | None, device) -> torch.Tensor:
-    """Absolute position of every key: ``kv_positions`` if given, else the contiguous window."""
+    """(1 or B, K) absolute position of every key: ``kv_positions`` if given (one row for the batch, or one per
+    sample; -1 marks an empty slot), else the contiguous window."""
     if kv_positions is not None:
-        return kv_positions.to(device)
-    return torch.arange(kv_offset, kv_offset + kv_length, device=device)
+        return kv_positions.to(device).view(-1 if kv_positions.dim() == 2 else 1, kv_positions.shape[-1])
+    return torch.arange(kv_offset, kv_offset + kv_length, device=device)[None]
 
 
-def _grids(batch_size: int, num_heads: int, q_offset: int, q_length: int, kv_offset: int, kv_length: int, device, kv_positions=None):
-    """Index tensors shaped to broadcast to (B, H, Q, K)."""
+def key_is_real(padding_mask: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(B, K) whether each key is a real token: not padding, not an empty slot (-1)."""
+    keys = keys.expand(padding_mask.shape[0], -1)
+    return padding_mask.gather(1, keys.clamp(min=0)) & (keys >= 0)
+
+
+def _grids(batch_size: int, num_heads: int, q_offset, q_length: int, device, keys: torch.Tensor, q_positions=None):
+    """Index tensors shaped to broadcast to (B, H, Q, K); ``keys`` from `key_positions`."""
     b = torch.arange(batch_size, device=device).view(-1, 1, 1, 1)
     h = torch.arange(num_heads, device=device).view(1, -1, 1, 1)
-    q = (torch.arange(q_length, device=device) + q_offset).view(1, 1, -1, 1)
-    kv = key_positions(kv_offset, kv_length, kv_positions, device).view(1, 1, 1, -1)
-    return b, h, q, kv
+    q = q_positions.to(device) if q_positions is not None else torch.arange(q_length, device=device) + q_offset
+    return b, h, q.view(1, 1, -1, 1), keys.view(keys.shape[0], 1, 1, -1)
 
 
 def reads_head(mask_mod: MaskMod, num_heads: int, device) -> bool:
     """Whether the mask depends on ``head_idx``, read off the broadcast shape of a 1x1 probe."""
     if num_heads == 1:
         return False
-    out = mask_mod(*_grids(1, num_heads, 0, 1, 0, 1, device))
+    out = mask_mod(*_grids(1, num_heads, 0, 1, device, torch.zeros(1, 1, dtype=torch.long, device=device)))
     return out.dim() == 4 and out.shape[1] > 1
 
 
@@ -56,23 +63,28 @@ def dense_mask(
     *,
     batch_size: int,
     num_heads: int,
-    q_offset: int,
+    q_offset,
     q_length: int,
     kv_offset: int,
     kv_length: int,
     padding_mask: torch.Tensor,
     device,
     kv_positions: torch.Tensor | None = None,
+    q_positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Bool (B, 1|H, Q, K): ``mask_mod`` evaluated element by element through broadcasting, AND padding."""
-    grids = _grids(batch_size, num_heads, q_offset, q_length, kv_offset, kv_length, device, kv_positions)
-    kv_length = grids[3].shape[-1]
+    """Bool (B, 1|H, Q, K): ``mask_mod`` evaluated element by element through broadcasting, AND padding.
+
+    Queries sit at ``q_offset ..`` (or at ``q_positions``, e.g. a draft tree's depths).
+    """
+    keys = key_positions(kv_offset, kv_length, kv_positions, device)
+    grids = _grids(batch_size, num_heads, q_offset, q_length, device, keys, q_positions)
+    q_length, kv_length = grids[2].shape[2], keys.shape[-1]
     mask = torch.as_tensor(mask_mod(*grids), device=device)
     if mask.dtype != torch.bool:
         raise TypeError(f"A mask_mod must return a bool tensor, got dtype {mask.dtype} from {mask_mod}.")
     heads = num_heads if mask.dim() == 4 and mask.shape[1] > 1 else 1
-    keys = padding_mask[:, grids[3].view(-1)].view(batch_size, 1, 1, kv_length)
-    return mask.expand(batch_size, heads, q_length, kv_length) & keys
+    real = key_is_real(padding_mask, keys).view(batch_size, 1, 1, kv_length)
+    return mask.expand(batch_size, heads, q_length, kv_length) & real
 
 
 def eager_float_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -102,13 +114,13 @@ def block_mask(
     # Offsets travel as tensors, not Python ints: a compiled flex_attention guards on the value of every int it
     # sees, so int offsets would recompile at every decode step.
     q_base = torch.as_tensor(q_offset, device=device)
-    kv_positions = key_positions(kv_offset, kv_length, kv_positions, device)
-    kv_length = kv_positions.shape[0]
-    key_is_real = padding_mask[:, kv_positions]  # (B, K): same shape at every step of a bounded cache
+    keys = key_positions(kv_offset, kv_length, kv_positions, device).expand(batch_size, -1)
+    kv_length = keys.shape[-1]
+    real = key_is_real(padding_mask, keys)  # (B, K): same shape at every step of a bounded cache
 
     def shifted(b, h, q_idx, kv_idx):
         # BlockMask indices start at 0; ours are absolute positions.
-        return mask_mod(b, h, q_idx + q_base, kv_positions[kv_idx]) & key_is_real[b, kv_idx]
+        return mask_mod(b, h, q_idx + q_base, keys[b, kv_idx]) & real[b, kv_idx]
 
     heads = num_heads if reads_head(mask_mod, num_heads, device) else None
     return create_block_mask(

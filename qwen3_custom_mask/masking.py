@@ -244,5 +244,4 @@ def bound_cache(body, cache: BoundedCache, padding: torch.Tensor, user_mask: boo
             f"or use a DynamicCache."
         )
     first, last = bounds
-    left_padding = int(first_real_token(padding).max()) if first else 0
-    cache.set_bounds(left_padding + first, last, num_layers=len(body.layers))
+    cache.set_bounds(first, last, starts=first_real_token(padding), num_layers=len(body.layers))

@@ -9,8 +9,10 @@ One round, batch 1, greedy acceptance::
     # the cache now holds the prompt + the accepted drafts; next round: logits = result.next_logits and the
     # next tree's root (parent -1) should be result.tokens[-1], the bonus token, which is not cached yet.
 
-The forward uses the ``tree`` mask (each draft token sees the cache and its ancestors) through a 4D mask, so
-it works on every dense backend whatever the model's own strategy, with positions prefix + depth.
+Each draft token is verified as it would be decoded: a draft at depth d stands where its path would put it
+(prefix + d - 1 in the sequence) and sees what the model's strategy lets that position see, among the cache
+and its own ancestors (``tree AND strategy``; a per-layer strategy, per layer). So on a sliding-window, sinks,
+chunked, prefix-LM or document model the accepted tokens are those greedy decoding of that model produces.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from .lowering import dense_mask
+from .masking import LayerMasks
 from .masks.tree import ancestor_matrix, parent_indices
 
 
@@ -30,17 +34,32 @@ class TreeVerification:
     next_logits: torch.Tensor  # (vocab,) logits after the last accepted token (they chose the bonus token)
 
 
+def _extend(inputs: dict, length: int) -> dict:
+    """Per-call inputs over ``length`` tokens: drafts continue the last document, like generated tokens."""
+    inputs = {name: torch.as_tensor(value) for name, value in inputs.items()}
+    ids = inputs.get("document_ids")
+    if ids is not None:
+        ids = ids.view(1, -1)
+        inputs["document_ids"] = torch.cat([ids, ids[:, -1:].expand(1, length - ids.shape[1])], dim=1)
+    return inputs
+
+
 @torch.no_grad()
-def verify_draft_tree(model, past_key_values: DynamicCache, last_logits: torch.Tensor, draft_tokens, draft_tree) -> TreeVerification:
+def verify_draft_tree(model, past_key_values: DynamicCache, last_logits: torch.Tensor, draft_tokens, draft_tree, **mask_inputs) -> TreeVerification:
     """Runs the draft tree through ``model`` in one forward and keeps the greedy-accepted path in the cache.
 
     past_key_values: a `DynamicCache` holding every accepted token so far (batch 1).
     last_logits: (vocab,) logits after the last cached token.
     draft_tokens: (T,) token ids; draft_tree: (T,) parent indices (-1 = child of the cache) or a (T, T)
         ancestor matrix, parents before children.
+    mask_inputs: the strategy's per-call inputs for the cached tokens (e.g. ``prefix_lengths``, ``document_ids``).
     """
     if not isinstance(past_key_values, DynamicCache) or any(type(layer) is not DynamicLayer for layer in past_key_values.layers):
         raise TypeError("verify_draft_tree needs a DynamicCache with full (non-sliding) layers to rewind into.")
+    body = model.base_model
+    strategy = body.mask_strategy
+    if not strategy.generates:
+        raise ValueError(f"verify_draft_tree verifies drafts under the model's own strategy; {strategy.name!r} does not decode.")
     device = model.device
     draft_tokens = torch.as_tensor(draft_tokens, device=device).view(-1)
     matrix = ancestor_matrix(draft_tree)
@@ -51,12 +70,37 @@ def verify_draft_tree(model, past_key_values: DynamicCache, last_logits: torch.T
     if matrix.shape[-1] != size:
         raise ValueError(f"draft_tree describes {matrix.shape[-1]} tokens but draft_tokens has {size}.")
     prefix = past_key_values.get_seq_length()
-    mask = torch.ones(1, 1, size, prefix + size, dtype=torch.bool, device=device)
-    mask[0, 0, :, prefix:] = matrix
-    positions = (prefix + matrix.sum(-1) - 1).view(1, -1)
-    logits = model(
-        draft_tokens[None], attention_mask=mask, position_ids=positions, past_key_values=past_key_values, use_cache=True
-    ).logits[0]
+    depth = matrix.sum(-1)
+    # Where each draft would sit in the sequence, and the keys it may see there: the cache, then the drafts.
+    virtual = prefix + depth - 1
+    length = prefix + int(depth.max())
+    keys = torch.cat([torch.arange(prefix, device=device), virtual])
+    tree = torch.cat([torch.ones(size, prefix, dtype=torch.bool, device=device), matrix], dim=1)
+    padding = torch.ones(1, length, dtype=torch.bool, device=device)
+    heads = model.config.num_attention_heads
+    context = dict(_extend(mask_inputs, length), padding_mask=padding, num_heads=heads, sequence_length=length)
+    positions = virtual.view(1, -1)
+    if strategy.places_tokens:  # e.g. documents: positions restart per document
+        positions = strategy.position_ids(**context)[:, virtual]
+
+    def tree_mask(group_strategy) -> torch.Tensor:
+        visible = dense_mask(
+            group_strategy.mask_mod(**context), batch_size=1, num_heads=heads, q_offset=0, q_length=size,
+            kv_offset=0, kv_length=0, padding_mask=padding, device=device, kv_positions=keys, q_positions=virtual,
+        )
+        return visible & tree
+
+    groups = body.mask_groups
+    if len(groups) == 1:
+        attention_mask = tree_mask(groups[0][0])
+    else:  # one mask per layer group, lowered by the body as a 4D mask each
+        per_layer = LayerMasks()
+        for group_strategy, layers in groups:
+            built, _ = body.attention_masks(draft_tokens[None], tree_mask(group_strategy), past_key_values, positions)
+            for idx in layers:
+                per_layer[idx] = built[model.config.layer_types[idx]][idx]
+        attention_mask = {layer_type: per_layer for layer_type in model.config.layer_types}
+    logits = model(draft_tokens[None], attention_mask=attention_mask, position_ids=positions, past_key_values=past_key_values, use_cache=True).logits[0]
 
     parents = parent_indices(matrix).tolist()
     accepted, node, current = [], -1, last_logits.view(-1)
@@ -74,4 +118,3 @@ def verify_draft_tree(model, past_key_values: DynamicCache, last_logits: torch.T
     bonus = current.argmax().view(1)
     tokens = torch.cat([draft_tokens[accepted], bonus])
     return TreeVerification(tokens=tokens, accepted=accepted, next_logits=current)
-

@@ -8,7 +8,8 @@ from qwen3_custom_mask import verify_draft_tree
 from qwen3_custom_mask.masks.tree import ancestor_matrix
 from qwen3_custom_mask.reference import reference_logits, reference_mask
 
-from conftest import BACKENDS
+from conftest import BACKENDS, left_padded
+from strategies import CASES
 
 PARENTS = torch.tensor([-1, 0, -1, 2, 1, 1])  # two roots; node 1 has two children
 
@@ -63,34 +64,51 @@ def test_tree_strategy_matches_reference_in_one_forward_and_after_a_prefill(mode
     torch.testing.assert_close(torch.cat([first, drafts], 1), ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+VERIFIED = ["causal", "sliding_window", "attention_sinks", "chunked", "prefix_lm", "document", "and", "per_head_window", "layers_cacheable"]
+# flex_attention on CPU compiles once per shape (~25 s a case here): two cases cover its single- and per-layer paths.
+VERIFIED_ON = [(case, backend) for case in VERIFIED for backend in BACKENDS
+               if backend != "flex_attention" or case in ("sliding_window", "layers_cacheable")]
+
+
+def one_row(inputs: dict, length: int) -> dict:
+    """The strategy inputs of the conftest batch's second row (no padding), over ``length`` tokens."""
+    out = {}
+    for name, value in inputs.items():
+        value = value[1:2]
+        if name == "document_ids":  # tokens past the row continue its last document
+            value = torch.cat([value, value[:, -1:].expand(1, max(0, length - value.shape[1]))], 1)[:, :length]
+        out[name] = value
+    return out
+
+
+@pytest.mark.parametrize("case,backend", VERIFIED_ON)
 @torch.no_grad()
-def test_verified_tokens_equal_greedy_decoding(model_for, backend):
-    model = model_for(backend, "causal")
-    prompt = torch.randint(0, 250, (1, 7), generator=torch.Generator().manual_seed(5))
-    greedy = model.generate(prompt, max_new_tokens=8, do_sample=False)[0, 7:]
+def test_verified_tokens_equal_greedy_decoding_under_the_model_strategy(model_for, backend, case):
+    """The drafts are verified under the model's own mask (tree AND strategy): what greedy decoding of this
+    model produces is accepted, and the bonus token is its next token."""
+    spec, inputs = CASES[case]
+    model = model_for(backend, spec)
+    prompt = left_padded()[0][1:2]  # 12 tokens, no padding
+    greedy = model.generate(prompt, max_new_tokens=8, do_sample=False, **one_row(inputs, 12))[0, 12:]
     wrong = lambda t: (int(t) + 1) % 250  # noqa: E731  a token greedy decoding does not pick here
 
     cache = DynamicCache(config=model.config)
-    logits = model(prompt, past_key_values=cache).logits[0, -1]
+    logits = model(prompt, past_key_values=cache, **one_row(inputs, 12)).logits[0, -1]
     # Round 1: the greedy path g0 -> g1 -> g2 hidden among wrong branches.
     g = greedy.tolist()
     tokens = [wrong(g[0]), g[0], wrong(g[1]), g[1], g[2], wrong(g[2])]
-    parents = [-1, -1, 1, 1, 3, 3]
-    result = verify_draft_tree(model, cache, logits, tokens, parents)
+    result = verify_draft_tree(model, cache, logits, tokens, [-1, -1, 1, 1, 3, 3], **one_row(inputs, 12))
     assert result.accepted == [1, 3, 4]
     assert result.tokens.tolist() == g[:4]  # three drafts + the bonus token
-    assert cache.get_seq_length() == 7 + 3  # rejected branches are gone from the cache
+    assert cache.get_seq_length() == 12 + 3  # rejected branches are gone from the cache
 
     # Round 2: the bonus token is the root; its second child is wrong, so only g3 and g4 are accepted.
-    tokens = [g[3], g[4], wrong(g[5])]
-    result = verify_draft_tree(model, cache, result.next_logits, tokens, [-1, 0, 1])
+    result = verify_draft_tree(model, cache, result.next_logits, [g[3], g[4], wrong(g[5])], [-1, 0, 1], **one_row(inputs, 15))
     assert result.tokens.tolist() == g[3:6]
     assert result.accepted == [0, 1]
 
     # The trimmed cache continues exactly like plain decoding.
-    seen = 7 + 3 + 2
-    step = model(result.tokens[-1:][None], past_key_values=cache, position_ids=torch.tensor([[seen]])).logits[0, -1]
+    step = model(result.tokens[-1:][None], past_key_values=cache, **one_row(inputs, 18)).logits[0, -1]
     assert int(step.argmax()) == g[6]
 
 
