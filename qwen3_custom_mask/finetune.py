@@ -31,6 +31,7 @@ import yaml
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, resolve_strategy
+from qwen3_custom_mask.packing import IGNORE_INDEX
 from qwen3_custom_mask.training import OBJECTIVES, collator_for
 
 logger = logging.getLogger("finetune")
@@ -99,9 +100,21 @@ def load_data(args):
     return load_dataset(args.data, split="train")
 
 
+def with_prompt_columns(example):
+    """``prompt_length`` as model inputs: labels -100 on the prompt, ``prefix_lengths`` = the prompt's length.
+
+    Trainer keeps only the columns forward() names (remove_unused_columns=True, its default): these are.
+    """
+    ids, prompt = list(example["input_ids"]), int(example["prompt_length"])
+    labels = list(example["labels"]) if example.get("labels") is not None else list(ids)
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + labels[prompt:], "prefix_lengths": prompt}
+
+
 def tokenize(dataset, args, tokenizer):
     columns = dataset.column_names
     if "input_ids" in columns:
+        if "prompt_length" in columns:
+            return dataset.map(with_prompt_columns, remove_columns=["prompt_length"], desc="prompt labels")
         return dataset
     if tokenizer is None:
         raise SystemExit(f"error: {args.model} has no tokenizer; pass --tokenizer, or pre-tokenized data (input_ids)")
@@ -111,7 +124,7 @@ def tokenize(dataset, args, tokenizer):
         def encode(example):
             prompt = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"]
             completion = tokenizer(example["completion"], add_special_tokens=False)["input_ids"] + eos
-            return {"input_ids": prompt + completion, "prompt_length": len(prompt)}
+            return with_prompt_columns({"input_ids": prompt + completion, "prompt_length": len(prompt)})
     elif args.text_field in columns:
         def encode(example):
             return {"input_ids": tokenizer(example[args.text_field], add_special_tokens=False)["input_ids"] + eos}
@@ -180,7 +193,6 @@ def main(argv=None):
         logging_steps=args.logging_steps,
         save_strategy="no",
         report_to="none",
-        remove_unused_columns=False,  # keep prompt_length / per-call mask inputs for the collator
         activation_checkpointing=args.gradient_checkpointing,
         bf16=bf16,
         use_cpu=not use_cuda,

@@ -118,7 +118,8 @@ class MaskedGenerationMixin:
                 ids = torch.cat([ids, ids[:, -1:].expand(ids.shape[0], seen - ids.shape[-1])], dim=-1)
             kwargs["document_ids"] = step_inputs["document_ids"] = ids[:, :seen]
         if kwargs.get("use_cache") and kwargs.get("prompt_attention_mask") is None and not self.model.mask_strategy_is_causal:
-            self._check_cache_consistent(attention_mask, past, new, seen, is_first_iteration, step_inputs, input_ids if inputs_embeds is None else inputs_embeds)
+            self._check_cache_consistent(attention_mask, past, new, seen, is_first_iteration, step_inputs, input_ids if inputs_embeds is None else inputs_embeds,
+                                         embeds=inputs_embeds is not None)
         if kwargs.get("prompt_attention_mask") is not None:
             step_inputs["prompt_attention_mask"] = kwargs["prompt_attention_mask"]
         token = _STEP_INPUTS.set(step_inputs)
@@ -155,7 +156,7 @@ class MaskedGenerationMixin:
                 masks[layer_type] = LayerMasks({idx: (mask, {}) for idx, t in enumerate(config.layer_types) if t == layer_type})
         return masks
 
-    def _check_cache_consistent(self, attention_mask, past: int, new: int, seen: int, first: bool, step_inputs: dict, like) -> None:
+    def _check_cache_consistent(self, attention_mask, past: int, new: int, seen: int, first: bool, step_inputs: dict, like, embeds: bool = False) -> None:
         """Raises if a row already computed (cached) may attend to a key this step adds, or, before the first
         token, to the next position: the cache could not honour that. Exact, linear in the sequence per step."""
         batch_size, device = like.shape[0], like.device
@@ -183,9 +184,12 @@ class MaskedGenerationMixin:
                 earlier &= (rows < past) | (keys.view(1, -1) == seen)
             real_rows = padding[:, :seen].view(batch_size, 1, seen, 1)
             if (seen_by & earlier & real_rows).any():
+                fix = (
+                    "generate() always caches when given inputs_embeds, so pass input_ids with use_cache=False"
+                    if embeds else "Pass use_cache=False to generate() to recompute the whole mask at every step"
+                )
                 raise ValueError(
                     f"Mask strategy {strategy.name!r} lets a token attend to tokens generated after it, which a KV cache "
-                    f"filled earlier cannot honour. Pass use_cache=False to generate() to recompute the whole mask at "
-                    f"every step, or use a cache-consistent strategy such as 'prefix_lm' (bidirectional prompt, causal "
-                    f"continuation) or 'causal'."
+                    f"filled earlier cannot honour. {fix}, or use a cache-consistent strategy such as 'prefix_lm' "
+                    f"(bidirectional prompt, causal continuation) or 'causal'."
                 )

@@ -1,10 +1,11 @@
 """Batch builders for the fine-tuning objectives in ``configs/`` (used by scripts/finetune.py and the Trainer).
 
-Every example is a dict with ``input_ids`` and optionally ``labels`` and ``prompt_length`` (tokens of the
-prompt at the start of ``input_ids``). Labels follow transformers' convention: aligned with ``input_ids``,
+Every example is a dict with ``input_ids`` and optionally ``labels`` and the prompt's length (tokens at the start
+of ``input_ids``): ``prefix_lengths`` (what scripts/finetune.py writes: a forward() input, so Trainer's default
+remove_unused_columns=True keeps it) or ``prompt_length``. Labels follow transformers' convention: aligned with ``input_ids``,
 shifted inside the model's loss, -100 = ignored.
 
-* causal_lm       right-padded rows, labels = input_ids (-100 on the prompt when ``prompt_length`` is given)
+* causal_lm       right-padded rows, labels = input_ids (-100 on the prompt when its length is given)
 * causal_lm+pack  `PackingCollator` (packing.py) for the ``document`` strategy
 * prefix_lm_sft   as causal_lm, plus ``prefix_lengths`` = prompt lengths for the ``prefix_lm`` strategy
 * mntp            LLM2Vec's masked next-token prediction: a random ``mask_probability`` of the tokens is
@@ -23,6 +24,11 @@ from .packing import IGNORE_INDEX, QWEN3_PAD, PackingCollator
 OBJECTIVES = ("causal_lm", "prefix_lm_sft", "mntp")
 
 
+def prompt_length(feature: dict) -> int | None:
+    value = feature.get("prefix_lengths", feature.get("prompt_length"))
+    return None if value is None else int(value)
+
+
 def _pad(features: list[dict], pad_token_id: int, max_length: int | None, prompt_labels: bool):
     rows = [list(f["input_ids"])[: max_length or None] for f in features]
     width = max(len(r) for r in rows)
@@ -36,7 +42,7 @@ def _pad(features: list[dict], pad_token_id: int, max_length: int | None, prompt
         mask[i, :n] = 1
         own = f.get("labels")
         labels[i, :n] = torch.tensor(list(own)[:n]) if own is not None else ids[i, :n]
-        prompts[i] = min(int(f.get("prompt_length") or 0), n)
+        prompts[i] = min(int(prompt_length(f) or 0), n)
         if not prompt_labels:
             labels[i, : prompts[i]] = IGNORE_INDEX
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}, prompts
@@ -60,8 +66,12 @@ class PrefixLMCollator:
     max_length: int | None = None
 
     def __call__(self, features):
-        if any(f.get("prompt_length") is None for f in features):
-            raise ValueError("prefix_lm_sft needs examples with a prompt (prompt/completion fields, or prompt_length).")
+        if any(prompt_length(f) is None for f in features):
+            raise ValueError(
+                "prefix_lm_sft needs each example's prompt length: a prefix_lengths (or prompt_length) column, or "
+                "prompt/completion fields for scripts/finetune.py. (A Trainer with remove_unused_columns=True drops "
+                "any column forward() does not name, prompt_length among them; prefix_lengths survives.)"
+            )
         batch, prompts = _pad(features, self.pad_token_id, self.max_length, prompt_labels=False)
         batch["prefix_lengths"] = prompts
         return batch

@@ -1,0 +1,100 @@
+"""Regressions of results that were silently wrong: each is now right, or refused loudly before a token is made."""
+
+import json
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from qwen3_custom_mask import BoundedCache, CustomQwen3ForCausalLM
+
+from conftest import left_padded
+
+GREEDY = dict(do_sample=False)
+
+
+@pytest.fixture
+def no_use_cache_checkpoint(checkpoint, tmp_path):
+    """An official-style checkpoint: its generation_config.json has no use_cache key (as Qwen/Qwen3-*'s)."""
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint)
+    model.generation_config = GenerationConfig(bos_token_id=254, eos_token_id=255, do_sample=False)
+    model.save_pretrained(tmp_path)
+    assert "use_cache" not in json.loads((tmp_path / "generation_config.json").read_text())
+    return tmp_path
+
+
+@pytest.mark.parametrize("given", ["input_ids", "inputs_embeds"])
+def test_cache_check_runs_when_generation_config_has_no_use_cache(no_use_cache_checkpoint, given):
+    model = CustomQwen3ForCausalLM.from_pretrained(no_use_cache_checkpoint, mask_strategy="bidirectional").eval()
+    ids, mask, _ = left_padded()
+    inputs = {"input_ids": ids} if given == "input_ids" else {"inputs_embeds": model.get_input_embeddings()(ids)}
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    fix = "pass input_ids with use_cache=False" if given == "inputs_embeds" else "Pass use_cache=False"
+    try:
+        for extra in ({}, {"use_cache": False} if given == "inputs_embeds" else {}):  # embeds: generate() caches anyway
+            with pytest.raises(ValueError, match=fix):
+                model.generate(**inputs, attention_mask=mask, max_new_tokens=4, **extra, **GREEDY)
+    finally:
+        hook.remove()
+    assert not forwards  # refused before the first token
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=4, use_cache=False, **GREEDY)
+    assert out.shape[-1] == 16
+
+
+def test_look_ahead_check_is_exact_at_any_length(model_for):
+    """A global token at index 30 that sees every token (causal=False) is first seen when generation reaches
+    it; cached decoding must stop there, not diverge from use_cache=False."""
+    model = model_for("sdpa", {"name": "global_tokens", "tokens": [30], "window": 1, "causal": False})
+    ids, mask, _ = left_padded(pads=(0, 0))
+    with pytest.raises(ValueError, match="attend to tokens generated after it"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=25, **GREEDY)
+    recomputed = model.generate(ids, attention_mask=mask, max_new_tokens=25, use_cache=False, **GREEDY)
+    assert recomputed.shape == (2, 37)
+    # Before the global token is reached, cached and recomputed decoding agree.
+    early = model.generate(ids, attention_mask=mask, max_new_tokens=18, **GREEDY)
+    assert torch.equal(early, recomputed[:, :30])
+
+
+def test_per_head_windows_of_the_wrong_length_are_refused_at_set_time(model_for):
+    model = model_for("sdpa", {"name": "sliding_window", "window": 3})
+    with pytest.raises(ValueError, match=r"one entry per attention head \(4\), got 2"):
+        model.set_mask_strategy({"name": "sliding_window", "window": [2, 3]})
+    assert model.config.mask_strategy == {"name": "sliding_window", "window": 3}  # nothing half-set
+    with pytest.raises(ValueError, match="one entry per attention head"):
+        model.set_mask_strategy({"and": ["causal", {"name": "sliding_window", "window": [2, 3, 4]}]})
+
+
+@pytest.mark.parametrize("assisted", ["assistant_model", "prompt_lookup_num_tokens"])
+def test_bounded_cache_refuses_assisted_decoding_before_the_first_token(model_for, assisted):
+    model = model_for("sdpa", {"name": "sliding_window", "window": 4})
+    ids, mask, _ = left_padded(pads=(0, 0))
+    option = {"assistant_model": model} if assisted == "assistant_model" else {"prompt_lookup_num_tokens": 2}
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match="BoundedCache cannot be used for assisted decoding"):
+            model.generate(ids[:1], max_new_tokens=4, past_key_values=BoundedCache(), **option, **GREEDY)
+    finally:
+        hook.remove()
+    assert not forwards
+
+
+def test_bounded_cache_stores_no_left_padding(model_for):
+    """sinks 2 + window 4 - 1 = 5 positions per layer, however much left padding a row has."""
+    spec = {"name": "attention_sinks", "sinks": 2, "window": 4}
+    ids, mask, _ = left_padded(pads=(9, 0))
+    unbounded = model_for("sdpa", spec).generate(ids, attention_mask=mask, max_new_tokens=20, **GREEDY)
+    cache = BoundedCache()
+    out = model_for("sdpa", spec).generate(ids, attention_mask=mask, max_new_tokens=20, past_key_values=cache, **GREEDY)
+    assert torch.equal(out, unbounded)
+    assert cache.stored_tokens() == 5
+    assert all(layer.keys.shape[-2] == 5 for layer in cache.layers)
+
+
+def test_bounded_cache_follows_beam_search(model_for):
+    spec = {"name": "sliding_window", "window": 3}
+    ids, mask, _ = left_padded()
+    beams = dict(max_new_tokens=8, num_beams=3, **GREEDY)
+    expected = model_for("sdpa", spec).generate(ids, attention_mask=mask, **beams)
+    assert torch.equal(model_for("sdpa", spec).generate(ids, attention_mask=mask, past_key_values=BoundedCache(), **beams), expected)

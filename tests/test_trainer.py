@@ -1,0 +1,100 @@
+"""Trainer with its default arguments (remove_unused_columns=True), and PEFT: the strategy's per-call inputs
+reach forward(), and one training step's loss and gradients are the brute-force reference's."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+from qwen3_custom_mask import CustomQwen3ForCausalLM
+from qwen3_custom_mask.finetune import with_prompt_columns
+from qwen3_custom_mask.packing import pack_examples
+from qwen3_custom_mask.reference import reference_logits, reference_mask
+from qwen3_custom_mask.training import PrefixLMCollator
+
+
+def packed_rows(continuous_positions: bool) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    examples = [torch.randint(0, 250, (n,), generator=g).tolist() for n in (5, 9, 3, 7, 6, 4, 8, 2)]
+    rows = pack_examples({"input_ids": examples}, max_length=16, pad_token_id=0)
+    if continuous_positions:  # the boundaries then live in document_ids alone
+        rows["position_ids"] = [list(range(16)) for _ in rows["position_ids"]]
+    return Dataset.from_dict(rows)
+
+
+def trainer_for(model, dataset, tmp_path, collator=default_data_collator) -> Trainer:
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, report_to="none", use_cpu=True)
+    assert args.remove_unused_columns  # Trainer's default, which drops every column forward() does not name
+    return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+
+
+def reference_loss(model, batch):
+    """The loss of the brute-force reference forward on the same weights, with the document mask."""
+    ids, padding = batch["input_ids"], batch["attention_mask"].bool()
+    strategy = model.mask_strategy
+    mask_mod = strategy.mask_mod(document_ids=batch["document_ids"], padding_mask=padding, num_heads=4)
+    dense = reference_mask(mask_mod, ids.shape[0], 4, ids.shape[1], padding)
+    logits = reference_logits(model, ids, dense, batch["position_ids"])
+    return model.loss_function(logits=logits, labels=batch["labels"], vocab_size=model.config.vocab_size)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_trainer_defaults_keep_document_ids_and_train_on_the_document_mask(checkpoint, tmp_path, backend):
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="document", attn_implementation=backend)
+    model.config.attention_dropout = 0.0
+    trainer = trainer_for(model, packed_rows(continuous_positions=True), tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert {"document_ids", "position_ids", "labels", "attention_mask"} <= set(batch)
+
+    model.train()
+    model.zero_grad()
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    expected = reference_loss(model, batch)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    # Without document_ids the same rows are one causal document each: another loss.
+    with torch.no_grad():
+        model.set_mask_strategy("causal")
+        causal = model(**{k: v for k, v in batch.items() if k != "document_ids"}).loss
+    assert abs(causal.item() - loss.item()) > 1e-3
+
+
+def test_trainer_defaults_keep_document_ids_through_peft(checkpoint, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="document")
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    trainer = trainer_for(model, packed_rows(continuous_positions=True), tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "document_ids" in batch
+    seen = []
+    hook = model.get_base_model().model.register_forward_pre_hook(lambda m, a, k: seen.append(k.get("document_ids")), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            loss = trainer.compute_loss(model, batch)
+    finally:
+        hook.remove()
+    assert seen and torch.equal(seen[0], batch["document_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(loss, reference_loss(model.get_base_model(), batch), atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_labels_and_prefix_lengths_survive_trainer_defaults(checkpoint, tmp_path):
+    """scripts/finetune.py turns prompt_length into labels (-100 on the prompt) and prefix_lengths, both
+    forward() inputs, so Trainer's defaults keep them; prompt_length alone would be dropped."""
+    rows = [{"input_ids": [5, 6, 7, 8, 9], "prompt_length": 2}, {"input_ids": [10, 11, 12], "prompt_length": 1}]
+    dataset = Dataset.from_list(rows).map(with_prompt_columns, remove_columns=["prompt_length"])
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="prefix_lm")
+    trainer = trainer_for(model, dataset, tmp_path, collator=PrefixLMCollator(pad_token_id=0))
+    batch = next(iter(trainer.get_train_dataloader()))
+    by_length = sorted(zip(batch["prefix_lengths"].tolist(), batch["labels"].tolist()))
+    assert by_length == [(1, [-100, 11, 12, -100, -100]), (2, [-100, -100, 7, 8, 9])]
+    # The raw prompt_length column is what Trainer would drop, and the collator says so instead of guessing.
+    trainer = trainer_for(model, Dataset.from_list(rows), tmp_path, collator=PrefixLMCollator(pad_token_id=0))
+    with pytest.raises(ValueError, match="remove_unused_columns=True drops"):
+        next(iter(trainer.get_train_dataloader()))
