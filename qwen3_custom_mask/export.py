@@ -32,8 +32,8 @@ def stock_form(strategy, config) -> dict:
             f"per layer through layer_types). Serve it with qwen3_custom_mask, or export a causal/sliding variant."
         )
     bidirectional = [form.get("is_causal") is False for form in forms]
-    if any(bidirectional):
-        if not all(bidirectional) or any(form.get("sliding_window") for form in forms) or "sliding_attention" in config.layer_types:
+    if any(bidirectional):  # stock runs is_causal: false with the config's own sliding layers as the plugin does
+        if not all(bidirectional) or any(form.get("sliding_window") for form in forms):
             raise ValueError(
                 f"Cannot export the mask strategy {strategy.to_dict()} to a stock qwen3 checkpoint: stock sets the "
                 f"direction for the whole model (is_causal), without windows; this strategy mixes directions or windows."

@@ -106,10 +106,12 @@ class MaskedGenerationMixin:
     ):
         strategy = self.mask_strategy
         past = 0 if past_key_values is None else int(past_key_values.get_seq_length())
+        # The tokens this forward adds, as stock slices them (all of input_ids when next_sequence_length is None:
+        # a prefill chunk, or a continuation given only its new tokens).
         if inputs_embeds is not None and is_first_iteration:
             new = inputs_embeds.shape[1]
         else:
-            new = next_sequence_length if next_sequence_length is not None else input_ids.shape[1] - past
+            new = next_sequence_length if next_sequence_length is not None else input_ids.shape[1]
         seen = past + new
         step_inputs = {name: kwargs[name] for name in strategy.inputs if kwargs.get(name) is not None}
         if "document_ids" in step_inputs:  # generated tokens join the last document
@@ -118,8 +120,10 @@ class MaskedGenerationMixin:
                 ids = torch.cat([ids, ids[:, -1:].expand(ids.shape[0], seen - ids.shape[-1])], dim=-1)
             kwargs["document_ids"] = step_inputs["document_ids"] = ids[:, :seen]
         if kwargs.get("use_cache") and kwargs.get("prompt_attention_mask") is None and not self.model.mask_strategy_is_causal:
-            self._check_cache_consistent(attention_mask, past, new, seen, is_first_iteration, step_inputs, input_ids if inputs_embeds is None else inputs_embeds,
-                                         embeds=inputs_embeds is not None)
+            # A prompt (the first forward, each prefill chunk, an assistant's own prefill) is computed together.
+            prompt_block = is_first_iteration or past == 0
+            self._check_cache_consistent(attention_mask, past, new, seen, prompt_block, step_inputs,
+                                         input_ids if inputs_embeds is None else inputs_embeds, embeds=inputs_embeds is not None)
         if kwargs.get("prompt_attention_mask") is not None:
             step_inputs["prompt_attention_mask"] = kwargs["prompt_attention_mask"]
         token = _STEP_INPUTS.set(step_inputs)
@@ -163,7 +167,8 @@ class MaskedGenerationMixin:
         heads = self.config.num_attention_heads
         padding = torch.ones(batch_size, seen + 1, dtype=torch.bool, device=device)
         if attention_mask is not None and attention_mask.dim() == 2:
-            padding[:, : attention_mask.shape[1]] = attention_mask.bool()
+            width = min(seen, attention_mask.shape[1])
+            padding[:, :width] = attention_mask[:, :width].bool()
         inputs = dict(step_inputs)
         if "document_ids" in inputs:  # the probed next position joins the last document
             ids = inputs["document_ids"]

@@ -28,7 +28,12 @@ unwritten slots are padding.
 from __future__ import annotations
 
 import torch
-from transformers.masking_utils import and_masks, create_causal_mask, create_sliding_window_causal_mask, sliding_window_overlay
+from transformers.masking_utils import (
+    and_masks,
+    create_causal_mask,
+    create_sliding_window_causal_mask,
+    sliding_window_bidirectional_overlay,
+)
 
 from .cache import BoundedCache
 from .lowering import FLASH_BACKENDS, lower
@@ -128,6 +133,19 @@ def stock_causal_masks(body, inputs_embeds, attention_mask, cache, position_ids)
     return masks
 
 
+def sliding_layer_overlay(form: dict | None, window: int):
+    """What a config's sliding layer adds to a strategy: keys less than ``window`` positions away on either side
+    (for a causal strategy, stock's sliding window), or, for the bidirectional strategy, stock's bidirectional
+    window ``|q - kv| <= window`` (so that a stock ``is_causal: false`` checkpoint runs as stock runs it)."""
+    if form == {"is_causal": False}:
+        return sliding_window_bidirectional_overlay(window)
+
+    def within(batch_idx, head_idx, q_idx, kv_idx):
+        return (q_idx - kv_idx).abs() < window
+
+    return within
+
+
 def _layer_sizes(config, cache, q_length: int) -> dict[str, tuple[int, int]]:
     """``{layer_type: (kv_offset, kv_length)}``, each read off the first cache layer of that type."""
     sizes = {}
@@ -218,7 +236,7 @@ def _lower(body, backend, mask_mod, form, layer_type, padding, dtype, call, kv_o
         extra = {k: v for k, v in form.items() if k != "sliding_window"}
         return (None if bool(keys.all()) else keys), extra
     if layer_type == "sliding_attention":
-        mask_mod = and_masks(mask_mod, sliding_window_overlay(body.config.sliding_window))
+        mask_mod = and_masks(mask_mod, sliding_layer_overlay(form, body.config.sliding_window))
     elif form == {"is_causal": False} and backend == "sdpa" and call["kv_positions"] is None and not _compiling():
         if bool(keys.all()):
             return None, {"is_causal": False}  # sdpa's no-mask fast path

@@ -4,7 +4,7 @@ The batch is 2 x 12 tokens; sample 0 has 3 pads on the left. The tiny model has 
 """
 
 import torch
-from transformers.masking_utils import and_masks, sliding_window_overlay
+from transformers.masking_utils import and_masks
 
 from qwen3_custom_mask.reference import reference_logits, reference_mask
 
@@ -68,8 +68,12 @@ def expected_logits(model, ids, mask, positions, inputs):
         key = (strategy.for_layer(layer), config.layer_types[layer])
         if key not in dense:
             mask_mod = key[0].mask_mod(**context)
-            if key[1] == "sliding_attention":
-                mask_mod = and_masks(mask_mod, sliding_window_overlay(config.sliding_window))
+            if key[1] == "sliding_attention":  # the config's window: |q - kv| < w, or <= w for bidirectional
+                window = config.sliding_window
+                if key[0].flash_form() == {"is_causal": False}:
+                    mask_mod = and_masks(mask_mod, lambda b, h, q, kv: (q - kv).abs() <= window)
+                else:
+                    mask_mod = and_masks(mask_mod, lambda b, h, q, kv: (q - kv).abs() < window)
             dense[key] = reference_mask(mask_mod, ids.shape[0], heads, ids.shape[1], padding)
     if strategy.places_tokens:
         positions = strategy.position_ids(**context)

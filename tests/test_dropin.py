@@ -319,3 +319,64 @@ def test_stock_bidirectional_checkpoint_loads_as_the_bidirectional_strategy(tmp_
     config = tiny_qwen3_config(is_causal=False)
     Qwen3Model(config).save_pretrained(tmp_path)
     assert CustomQwen3Model.from_pretrained(tmp_path).mask_strategy.name == "bidirectional"
+
+
+# ------------------------------------------------------------------- generate paths an outside review walked
+@pytest.mark.parametrize("case", ["prefix_lm", "document", "sliding_window", "and", "layers_cacheable"])
+def test_chunked_prefill_and_continuing_a_cache_give_the_same_tokens(model_for, case):
+    spec, inputs = CASES[case]
+    model = model_for("sdpa", spec)
+    ids, mask, _ = left_padded()
+    whole = model.generate(ids, attention_mask=mask, **GREEDY, **inputs)
+    chunked = model.generate(ids, attention_mask=mask, prefill_chunk_size=8, **GREEDY, **inputs)  # prefixes in chunk 1
+    assert torch.equal(chunked, whole)
+    # Continue a cache with only the new tokens and the full 2D mask (a form stock supports).
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    first = model.generate(ids[:, :10], attention_mask=mask[:, :10], max_new_tokens=1, do_sample=False, past_key_values=cache,
+                           **{k: (v[:, :10] if k == "document_ids" else v) for k, v in inputs.items()})
+    assert first.shape[1] == 11 and cache.get_seq_length() == 10  # the prompt's first 10 tokens are cached
+    rest = model.generate(ids[:, 10:], attention_mask=mask, past_key_values=cache, **GREEDY, **inputs)
+    assert torch.equal(rest[:, -GREEDY["max_new_tokens"]:], whole[:, 12:])
+
+
+def test_a_prefix_split_across_prefill_chunks_is_refused(model_for):
+    """Prefill chunks are cached one after the other: a bidirectional prefix spanning two cannot be honoured."""
+    model = model_for("sdpa", "prefix_lm")
+    ids, mask, _ = left_padded(pads=(0, 0))
+    with pytest.raises(ValueError, match="attend to tokens generated after it|exceed the number of tokens"):
+        model.generate(ids, attention_mask=mask, prefill_chunk_size=4, prefix_lengths=torch.tensor([6, 6]), **GREEDY)
+    with pytest.raises(ValueError, match="attend to tokens generated after it"):  # one token past the first chunk
+        model.generate(ids, attention_mask=mask, prefill_chunk_size=4, prefix_lengths=torch.tensor([5, 5]), **GREEDY)
+    # A prefix inside the first chunk is fine.
+    inside = model.generate(ids, attention_mask=mask, prefill_chunk_size=4, prefix_lengths=torch.tensor([4, 4]), **GREEDY)
+    assert torch.equal(inside, model.generate(ids, attention_mask=mask, prefix_lengths=torch.tensor([4, 4]), **GREEDY))
+
+
+@pytest.mark.parametrize("case", ["prefix_lm", "document", "sliding_window"])
+def test_assisted_decoding_gives_the_greedy_tokens(model_for, case):
+    spec, inputs = CASES[case]
+    model = model_for("sdpa", spec)
+    ids, _, _ = left_padded(pads=(0, 0))
+    row = {k: v[1:2] for k, v in inputs.items()}
+    greedy = model.generate(ids[1:2], **GREEDY, **row)
+    assert torch.equal(model.generate(ids[1:2], assistant_model=model, **GREEDY, **row), greedy)
+    assert torch.equal(model.generate(ids[1:2], prompt_lookup_num_tokens=2, **GREEDY, **row), greedy)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@torch.no_grad()
+def test_stock_bidirectional_checkpoint_with_sliding_layers_runs_as_stock(tmp_path, backend):
+    """is_causal: false on a config with sliding layers: stock's bidirectional window |q - kv| <= w."""
+    config = tiny_qwen3_config(is_causal=False, use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path / "stock")
+    stock = Qwen3ForCausalLM.from_pretrained(tmp_path / "stock", attn_implementation=backend).eval()
+    ours = CustomQwen3ForCausalLM.from_pretrained(tmp_path / "stock", attn_implementation=backend).eval()
+    assert ours.mask_strategy.name == "bidirectional"
+    ids, mask, _ = left_padded(pads=(0, 0))
+    torch.testing.assert_close(ours(ids).logits, stock(ids).logits, atol=1e-5, rtol=1e-5)
+    export_stock(ours, tmp_path / "again")
+    again = Qwen3ForCausalLM.from_pretrained(tmp_path / "again", attn_implementation=backend).eval()
+    torch.testing.assert_close(again(ids).logits, stock(ids).logits, atol=1e-5, rtol=1e-5)

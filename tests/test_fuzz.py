@@ -1,25 +1,47 @@
-"""Property-based fuzzing against the brute-force reference (hypothesis).
+"""Property-based fuzzing against the brute-force reference (hypothesis), along the paths users take.
 
-Random strategies and compositions x batch sizes x lengths x left/right padding x backends x cache use.
-The default profile is bounded for CI; QWEN3_MASK_FUZZ=long runs the long one (more cases, flex_attention too):
+Each case draws a random strategy (every built-in, random parameters, and/or/not compositions) and a random
+left/right-padded batch, then one of four paths:
+
+* forward: config (plain | a sliding layer) x input_ids | inputs_embeds x no cache | dynamic | static |
+  bounded cache (prefill + token-by-token decode), compared logit by logit with the reference;
+* generate: cache (dynamic | static | bounded) x greedy | beams | assisted (assistant model, prompt lookup)
+  x a generation_config with or without a use_cache key x input_ids | inputs_embeds: the tokens of the
+  reference's greedy decoding (beams: of recomputing every step), or a refusal exactly when the strategy
+  lets a token see a later one (or the cache cannot hold the strategy);
+* verify_draft_tree: a random chain or tree holding the greedy path, under a cacheable strategy: the greedy
+  tokens are accepted and the cache continues like plain decoding;
+* Trainer: one step with Trainer's default arguments (remove_unused_columns=True): loss and every gradient
+  equal the reference's.
+
+The default profile is bounded and derandomized for CI; QWEN3_MASK_FUZZ=long runs 1000 cases over eager,
+sdpa and flex_attention (QWEN3_MASK_FUZZ_CASES overrides the count):
 
     QWEN3_MASK_FUZZ=long python -m pytest -q tests/test_fuzz.py -s
 """
 
 import os
+import time
 
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from transformers import DynamicCache
+from transformers import DynamicCache, GenerationConfig, StaticCache, Trainer, TrainingArguments, default_data_collator
 
-from qwen3_custom_mask import resolve_strategy
-from qwen3_custom_mask.reference import reference_logits, reference_mask
+from qwen3_custom_mask import BoundedCache, resolve_strategy, verify_draft_tree
+from qwen3_custom_mask.reference import reference_mask
+
+from strategies import expected_logits
 
 LONG = os.environ.get("QWEN3_MASK_FUZZ") == "long"
-CASES = int(os.environ.get("QWEN3_MASK_FUZZ_CASES", 400 if LONG else 30))
+TOTAL = int(os.environ.get("QWEN3_MASK_FUZZ_CASES", 1000 if LONG else 60))
+# Share of the cases per path (forward is cheapest and has the most dimensions).
+SHARES = {"forward": 0.45, "generate": 0.3, "verify": 0.1, "trainer": 0.15}
+CASES = {path: max(1, round(TOTAL * share)) for path, share in SHARES.items()}
 BACKENDS = ["eager", "sdpa", "flex_attention"] if LONG else ["eager", "sdpa"]
-COUNTER = {"cases": 0}
+COUNTER = {"cases": 0, "start": time.perf_counter()}
+HEADS = 4
 
 small = st.integers(1, 6)
 LEAVES = st.one_of(
@@ -31,7 +53,7 @@ LEAVES = st.one_of(
     st.builds(lambda c: {"name": "chunked", "chunk_size": c}, small),
     st.builds(lambda w, d, c: {"name": "dilated_sliding_window", "window": w, "dilation": d, "causal": c}, small, st.integers(1, 3), st.booleans()),
     st.builds(lambda t, w, c: {"name": "global_tokens", "tokens": t, "window": w, "causal": c},
-              st.lists(st.integers(0, 5), max_size=2), small, st.booleans()),
+              st.lists(st.integers(0, 14), max_size=2), small, st.booleans()),
     st.just("prefix_lm"),
     st.builds(lambda c: {"name": "document", "causal": c}, st.booleans()),
 )
@@ -44,13 +66,15 @@ SPECS = st.recursive(
     ),
     max_leaves=4,
 )
+PROFILE = dict(deadline=None, derandomize=not LONG, database=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
 @st.composite
-def batches(draw):
-    batch = draw(st.integers(1, 3))
+def batches(draw, max_batch=3, sides=("left", "right")):
+    batch = draw(st.integers(1, max_batch))
     length = draw(st.integers(3, 12))
-    side = draw(st.sampled_from(["left", "right"]))
+    side = draw(st.sampled_from(sides))
     pads = [draw(st.integers(0, length - 2)) for _ in range(batch)]
     ids = torch.tensor([[draw(st.integers(0, 249)) for _ in range(length)] for _ in range(batch)])
     mask = torch.ones(batch, length, dtype=torch.long)
@@ -64,47 +88,255 @@ def batches(draw):
     return ids, mask, side, prefix, docs
 
 
-@settings(max_examples=CASES, deadline=None, derandomize=not LONG, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(spec=SPECS, data=batches(), backend=st.sampled_from(BACKENDS), split=st.integers(1, 11))
+def inputs_for(strategy, prefix, docs) -> dict:
+    inputs = {"prefix_lengths": prefix, "document_ids": docs}
+    return {k: v for k, v in inputs.items() if k in strategy.inputs}
+
+
+def extended(inputs: dict, length: int) -> dict:
+    """Inputs over ``length`` tokens: generated tokens continue the last document."""
+    ids = inputs.get("document_ids")
+    if ids is None or ids.shape[1] >= length:
+        return {k: (v[:, :length] if k == "document_ids" else v) for k, v in inputs.items()}
+    return dict(inputs, document_ids=torch.cat([ids, ids[:, -1:].expand(-1, length - ids.shape[1])], 1))
+
+
+def positions_of(strategy, mask, inputs):
+    padding = mask.bool()
+    if strategy.places_tokens:
+        return strategy.position_ids(**inputs, padding_mask=padding)
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def visible(strategy, mask, inputs) -> torch.Tensor:
+    """(B, H, L, L) the strategy's mask element by element (every layer group), AND padding."""
+    padding = mask.bool()
+    batch, length = mask.shape
+    dense = torch.zeros(batch, HEADS, length, length, dtype=torch.bool)
+    for layer in range(2):
+        mask_mod = strategy.for_layer(layer).mask_mod(**inputs, padding_mask=padding, num_heads=HEADS)
+        dense |= reference_mask(mask_mod, batch, HEADS, length, padding)
+    return dense
+
+
+def has_empty_real_rows(strategy, mask, inputs) -> bool:
+    """A real query row that sees nothing has no defined value (see test_reliability): kept out of here."""
+    dense, padding = visible(strategy, mask, inputs), mask.bool()
+    return not bool(dense.any(-1)[padding[:, None, :].expand_as(dense[..., 0])].all())
+
+
+def looks_ahead(strategy, mask, inputs, prompt: int) -> bool:
+    """Whether some real token sees a key generated after it (keys past the prompt)."""
+    dense, padding = visible(strategy, mask, inputs), mask.bool()
+    length = mask.shape[1]
+    later = torch.ones(length, length, dtype=torch.bool).triu(1)
+    later[:, :prompt] = False
+    return bool((dense & later & padding[:, None, :, None]).any())
+
+
+def counted():
+    COUNTER["cases"] += 1
+
+
+# ----------------------------------------------------------------------------------------------- forward
+@settings(max_examples=CASES["forward"], **PROFILE)
+@given(spec=SPECS, data=batches(), backend=st.sampled_from(BACKENDS), split=st.integers(1, 11),
+       config=st.sampled_from(["plain", "sliding-layers"]), embeds=st.booleans(),
+       cache_kind=st.sampled_from(["none", "dynamic", "static", "bounded"]))
 @torch.no_grad()
-def test_random_strategies_match_the_reference(models, spec, data, backend, split):
+def test_forward_paths_match_the_reference(model_for, spec, data, backend, split, config, embeds, cache_kind):
     ids, mask, side, prefix, docs = data
     strategy = resolve_strategy(spec)
-    inputs = {"prefix_lengths": prefix, "document_ids": docs}
-    inputs = {k: v for k, v in inputs.items() if k in strategy.inputs}
+    inputs = inputs_for(strategy, prefix, docs)
+    assume(not has_empty_real_rows(strategy, mask, inputs))
+    model = model_for(backend, strategy, config)
+    positions = positions_of(strategy, mask, inputs)
+    given_positions = None if strategy.places_tokens else positions
+    ref = expected_logits(model, ids, mask, positions, inputs)
     padding = mask.bool()
-    batch, length = ids.shape
-    dense = reference_mask(strategy.mask_mod(**inputs, padding_mask=padding, num_heads=4), batch, 4, length, padding)
-    # A real query row with no visible key has no defined value (see test_numerics): keep them out of here.
-    assume(bool(dense.any(-1)[padding[:, None, :].expand(batch, 4, length)].all()))
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    if strategy.places_tokens:
-        positions = strategy.position_ids(**inputs, padding_mask=padding)
-    ref = reference_logits(models["eager"], ids, dense, positions)
+    embed = model.get_input_embeddings()
 
-    model = models[backend]
-    model.set_mask_strategy(strategy)
-    try:
-        given_positions = None if strategy.places_tokens else positions
-        out = model(ids, attention_mask=mask, position_ids=given_positions, **inputs).logits
-        torch.testing.assert_close(out[padding], ref[padding], atol=1e-4, rtol=1e-4)
+    def call(start, end, cache):
+        tokens = {"inputs_embeds": embed(ids[:, start:end])} if embeds else {"input_ids": ids[:, start:end]}
+        pos = None if given_positions is None else given_positions[:, start:end]
+        return model(**tokens, attention_mask=mask[:, :end], position_ids=pos, past_key_values=cache,
+                     use_cache=cache is not None, **extended(inputs, end)).logits
 
-        lower = dense.tril().eq(dense).all()  # rows never look ahead: a KV cache can honour the mask
-        if "prefix_lengths" in inputs:  # a cached prefix must lie inside the prefill (documented contract)
-            split = max(split, int((length - mask.sum(-1) + prefix).max()))
-        if side == "left" and lower and split < length:
-            cache = DynamicCache(config=model.config)
-            pieces = []
-            for start, end in [(0, split)] + [(t, t + 1) for t in range(split, length)]:
-                step_inputs = {k: (v[:, :end] if k == "document_ids" else v) for k, v in inputs.items()}
-                pos = None if given_positions is None else given_positions[:, start:end]
-                pieces.append(model(ids[:, start:end], attention_mask=mask[:, :end], position_ids=pos,
-                                    past_key_values=cache, **step_inputs).logits)
+    length = ids.shape[1]
+    if "prefix_lengths" in inputs:  # a cached prefix must lie inside the prefill (documented contract)
+        split = max(split, int((length - mask.sum(-1) + prefix).max()))
+    split = min(split, length)
+    if cache_kind == "none" or side == "right" or looks_ahead(strategy, mask, inputs, split):
+        torch.testing.assert_close(call(0, length, None)[padding], ref[padding], atol=1e-4, rtol=1e-4)
+    else:
+        cache = {"dynamic": lambda: DynamicCache(config=model.config), "static": lambda: StaticCache(config=model.config, max_cache_len=16),
+                 "bounded": BoundedCache}[cache_kind]()
+        if cache_kind == "bounded" and (strategy.cache_bounds() is None or strategy.for_layer(0) != strategy.for_layer(1)):
+            with pytest.raises(ValueError, match="BoundedCache cannot be used"):
+                call(0, split, cache)
+        else:
+            pieces = [call(start, end, cache) for start, end in [(0, split)] + [(t, t + 1) for t in range(split, length)]]
             torch.testing.assert_close(torch.cat(pieces, 1)[padding], ref[padding], atol=1e-4, rtol=1e-4)
-        COUNTER["cases"] += 1
+    counted()
+
+
+# ---------------------------------------------------------------------------------------------- generate
+def reference_greedy(model, ids, mask, inputs, new_tokens):
+    """Greedy decoding that recomputes the reference over the whole sequence at every step."""
+    strategy = model.mask_strategy
+    for _ in range(new_tokens):
+        inputs_now = extended(inputs, ids.shape[1])
+        logits = expected_logits(model, ids, mask, positions_of(strategy, mask, inputs_now), inputs_now)
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], 1)
+        mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype)], 1)
+    return ids
+
+
+def until_eos(row: list[int], eos: int = 255) -> list[int]:
+    return row[: row.index(eos) + 1] if eos in row else row
+
+
+@settings(max_examples=CASES["generate"], **PROFILE)
+@given(spec=SPECS, data=batches(sides=("left",)), backend=st.sampled_from(BACKENDS),
+       config=st.sampled_from(["plain", "sliding-layers"]), decoding=st.sampled_from(["greedy", "beams", "assistant_model", "prompt_lookup"]),
+       cache_kind=st.sampled_from(["dynamic", "static", "bounded"]), use_cache_key=st.booleans(), embeds=st.booleans(),
+       new_tokens=st.integers(1, 5))
+@torch.no_grad()
+def test_generation_paths_match_the_reference(model_for, spec, data, backend, config, decoding, cache_kind, use_cache_key, embeds, new_tokens):
+    ids, mask, _, prefix, docs = data
+    if decoding in ("assistant_model", "prompt_lookup"):  # assisted decoding is batch 1 in transformers
+        ids, mask, prefix, docs = ids[:1], mask[:1], prefix[:1], docs[:1]
+        cache_kind, embeds = "dynamic", False
+    strategy = resolve_strategy(spec)
+    inputs = inputs_for(strategy, prefix, docs)
+    prompt = ids.shape[1]
+    model = model_for(backend, strategy, config)
+    total_mask = torch.cat([mask, torch.ones(mask.shape[0], new_tokens, dtype=mask.dtype)], 1)
+    assume(not has_empty_real_rows(strategy, total_mask, extended(inputs, prompt + new_tokens)))
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(bos_token_id=254, eos_token_id=255, pad_token_id=0, **({"use_cache": True} if use_cache_key else {}))
+    try:
+        options = dict(max_new_tokens=new_tokens, do_sample=False, attention_mask=mask, **inputs)
+        if decoding == "beams":
+            options["num_beams"] = 2
+        elif decoding == "assistant_model":
+            options["assistant_model"] = model
+        elif decoding == "prompt_lookup":
+            options["prompt_lookup_num_tokens"] = 2
+        if cache_kind == "static":
+            options["cache_implementation"] = "static"
+        elif cache_kind == "bounded":
+            options["past_key_values"] = BoundedCache()
+        given_ = {"inputs_embeds": model.get_input_embeddings()(ids)} if embeds else {"input_ids": ids}
+        ahead = looks_ahead(strategy, total_mask, extended(inputs, prompt + new_tokens), prompt)
+        unbounded = cache_kind == "bounded" and (strategy.cache_bounds() is None or strategy.for_layer(0) != strategy.for_layer(1))
+        if ahead or unbounded:
+            with pytest.raises(ValueError, match="attend to tokens generated after it|BoundedCache cannot be used"):
+                model.generate(**given_, **options)
+        else:
+            out = model.generate(**given_, **options)
+            out = out if embeds else out[:, prompt:]
+            if decoding == "beams":
+                recompute = {k: v for k, v in options.items() if k not in ("past_key_values", "cache_implementation")}
+                expected = model.generate(ids, **recompute, use_cache=False)[:, prompt:]
+            else:
+                expected = reference_greedy(model, ids, mask, inputs, new_tokens)[:, prompt:]
+            for row in range(ids.shape[0]):
+                got, want = until_eos(out[row].tolist()), until_eos(expected[row].tolist())
+                assert got == want[: len(got)] and len(got) == len(want), (got, want)
     finally:
-        model.set_mask_strategy("causal")
+        model.generation_config = saved
+    counted()
+
+
+# ------------------------------------------------------------------------------------- verify_draft_tree
+CACHEABLE_LEAVES = st.one_of(
+    st.just("causal"),
+    st.builds(lambda w: {"name": "sliding_window", "window": w}, small),
+    st.builds(lambda s, w: {"name": "attention_sinks", "sinks": s, "window": w}, st.integers(0, 3), small),
+    st.builds(lambda c: {"name": "chunked", "chunk_size": c}, small),
+    st.builds(lambda w, d: {"name": "dilated_sliding_window", "window": w, "dilation": d}, small, st.integers(1, 3)),
+    st.just("prefix_lm"),
+    st.just("document"),
+)
+CACHEABLE_SPECS = st.one_of(CACHEABLE_LEAVES, st.builds(lambda xs: {"and": xs}, st.lists(CACHEABLE_LEAVES, min_size=2, max_size=3)))
+
+
+@settings(max_examples=CASES["verify"], **PROFILE)
+@given(spec=CACHEABLE_SPECS, backend=st.sampled_from(BACKENDS), length=st.integers(3, 10), seed=st.integers(0, 2**16),
+       chain=st.booleans(), depth=st.integers(1, 4))
+@torch.no_grad()
+def test_draft_tree_verification_accepts_the_greedy_path(model_for, spec, backend, length, seed, chain, depth):
+    strategy = resolve_strategy(spec)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 250, (1, length), generator=g)
+    mask = torch.ones(1, length, dtype=torch.long)
+    inputs = inputs_for(strategy, torch.tensor([int(torch.randint(0, length + 1, (1,), generator=g))]),
+                        torch.randint(0, 3, (1, length), generator=g).sort(-1).values)
+    model = model_for(backend, strategy)
+    greedy = reference_greedy(model, ids, mask, inputs, depth + 1)[0, length:].tolist()
+    cache = DynamicCache(config=model.config)
+    logits = model(ids, past_key_values=cache, **inputs).logits[0, -1]
+    # The greedy path as a chain, or hidden in a tree among wrong siblings.
+    tokens, parents, last = [], [], -1
+    for step in range(depth):
+        if not chain:  # a wrong sibling before each greedy token
+            tokens.append((greedy[step] + 1) % 250)
+            parents.append(last)
+        tokens.append(greedy[step])
+        parents.append(last)
+        last = len(tokens) - 1
+    result = verify_draft_tree(model, cache, logits, tokens, parents, **inputs)
+    assert result.tokens.tolist() == greedy[: depth + 1]
+    assert cache.get_seq_length() == length + depth
+    step = model(result.tokens[-1:][None], past_key_values=cache, **extended(inputs, length + depth + 1)).logits[0, -1]
+    want = reference_greedy(model, ids, mask, inputs, depth + 2)[0, -1]
+    assert int(step.argmax()) == int(want)
+    counted()
+
+
+# --------------------------------------------------------------------------------------------- Trainer
+@settings(max_examples=CASES["trainer"], **PROFILE)
+@given(spec=SPECS, data=batches(max_batch=2, sides=("right",)), backend=st.sampled_from(["eager", "sdpa"]))
+def test_a_trainer_step_matches_the_reference(model_for, tmp_path_factory, spec, data, backend):
+    """Trainer's default arguments, a datasets.Dataset of the strategy's columns: loss and gradients."""
+    from datasets import Dataset
+
+    ids, mask, _, prefix, docs = data
+    strategy = resolve_strategy(spec)
+    inputs = inputs_for(strategy, prefix, docs)
+    assume(not has_empty_real_rows(strategy, mask, inputs))
+    model = model_for(backend, strategy)
+    labels = torch.where(mask.bool(), ids, -100)
+    columns = {"input_ids": ids, "attention_mask": mask, "labels": labels, **inputs}
+    if not strategy.places_tokens:
+        columns["position_ids"] = positions_of(strategy, mask, inputs)
+    dataset = Dataset.from_dict({k: v.tolist() for k, v in columns.items()})
+    args = TrainingArguments(output_dir=str(tmp_path_factory.mktemp("trainer")), per_device_train_batch_size=ids.shape[0],
+                             max_steps=1, report_to="none", use_cpu=True)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert set(columns) <= set(batch), sorted(set(columns) - set(batch))
+    model.train()
+    try:
+        model.zero_grad()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        model.zero_grad()
+        ref_logits = expected_logits(model, ids, mask, positions_of(strategy, mask, inputs), inputs)
+        expected = model.loss_function(logits=ref_logits, labels=labels, vocab_size=model.config.vocab_size)
+        expected.backward()
+        torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    finally:
+        model.zero_grad()
+        model.eval()
+    counted()
 
 
 def teardown_module(module):
-    print(f"\nfuzz profile {'long' if LONG else 'bounded'}: {COUNTER['cases']} cases compared with the reference")
+    minutes = (time.perf_counter() - COUNTER["start"]) / 60
+    print(f"\nfuzz profile {'long' if LONG else 'bounded'}: {COUNTER['cases']} cases compared with the reference "
+          f"({CASES}), {minutes:.1f} min, backends {BACKENDS}")
