@@ -19,8 +19,6 @@ import json
 import logging
 import sys
 
-import torch
-
 EXIT_USAGE = 2
 
 
@@ -94,21 +92,59 @@ def cmd_show(args) -> None:
 
 # -------------------------------------------------------------------------------------------- generate
 def _load(model_id: str | None, strategy, backend: str, device: str, dtype: str):
+    import torch
     from transformers import AutoTokenizer
 
-    from .default import default_checkpoint
     from .modeling import CustomQwen3ForCausalLM
 
-    path = str(model_id) if model_id else str(default_checkpoint())
+    path = _model_path(model_id)
+    dtype_value = getattr(torch, dtype, None)
+    if not isinstance(dtype_value, torch.dtype):
+        raise UserError(f"--dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
+    _check_device(device)
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r} is not an attention backend; use one of {', '.join(BACKENDS)}")
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     model = CustomQwen3ForCausalLM.from_pretrained(
-        path, attn_implementation=backend, dtype=getattr(torch, dtype), device_map=device, mask_strategy=strategy.to_dict()
+        path, attn_implementation=backend, dtype=dtype_value, device_map=device, mask_strategy=strategy.to_dict()
     ).eval()
     return path, tokenizer, model
 
 
+BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+def _model_path(model_id: str | None) -> str:
+    """The embedded default, a local folder, or a hub id; a path that looks local must exist."""
+    import os
+
+    from .default import default_checkpoint
+
+    if not model_id:
+        return str(default_checkpoint())
+    local = os.path.isabs(model_id) or model_id.startswith((".", "~")) or os.path.exists(model_id)
+    path = os.path.expanduser(model_id)
+    if local and not os.path.isdir(path):
+        raise UserError(f"--model {model_id}: no such folder (a checkpoint folder with config.json, or a hub id like Qwen/Qwen3-0.6B)")
+    if local and not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"--model {model_id}: the folder has no config.json (is it a checkpoint folder?)")
+    return path
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device on this machine (torch {torch.__version__}); use --device cpu")
+
+
 def _generate(model, tokenizer, prompts, *, max_new_tokens: int, use_cache: bool, chat: bool, stream: bool):
+    import torch
     from transformers import TextStreamer
 
     if chat:
@@ -132,6 +168,8 @@ def _generate(model, tokenizer, prompts, *, max_new_tokens: int, use_cache: bool
 
 
 def cmd_generate(args) -> None:
+    if any(not prompt.strip() for prompt in args.prompt):
+        raise UserError('empty prompt: give the text to continue, e.g. qwen3-mask generate "The capital of France is"')
     strategy = _spec(args.strategy)
     _, tokenizer, model = _load(args.model, strategy, args.backend, args.device, args.dtype)
     stream = len(args.prompt) == 1
@@ -154,13 +192,13 @@ DEMO = [
 
 
 def cmd_demo(args) -> None:
+    import torch
     from tqdm.auto import tqdm
     from transformers import Qwen3ForCausalLM
 
-    from .default import default_checkpoint
     from .draw import draw_ascii
 
-    path = str(args.model) if args.model else str(default_checkpoint())
+    path = _model_path(args.model)
     print(f"model: {path}{'' if args.model else '  (embedded default: random weights, real Qwen3 tokenizer)'}")
     _, tokenizer, model = _load(path, _spec("causal"), args.backend, args.device, "float32")
     prompts = ["The capital of France is", "Attention masks decide"]
@@ -220,6 +258,7 @@ def cmd_bench(args, rest) -> None:
 def cmd_finetune(args, rest) -> None:
     from .finetune import main as finetune_main
 
+    logging.getLogger("finetune").setLevel(logging.INFO)  # its progress and "saved to ..." lines, as the script shows
     finetune_main(rest)
 
 
@@ -273,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
+    if not args.verbose and args.command not in ("list", "show"):  # those two answer without loading transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
@@ -294,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:  # `qwen3-mask list | head`
         return 0
+    except SystemExit as err:  # scripts' own "error: ..." exits (finetune), reported like every other mistake
+        if not isinstance(err.code, str):
+            raise
+        print(f"qwen3-mask: error: {err.code.removeprefix('error: ')}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as err:  # e.g. a model path that is neither a folder nor a reachable hub id
         if args.verbose:
             raise

@@ -23,7 +23,7 @@ from .tiny import tiny_qwen3_config
 logger = logging.getLogger(__name__)
 
 QWEN3_VOCAB = 151936  # the embedding size of every Qwen3 checkpoint (151,669 tokens, padded)
-VERSION = "1"
+VERSION = "2"  # 2: Qwen3's full chat template (tools, reasoning stripped from earlier turns)
 
 
 def default_path() -> Path:

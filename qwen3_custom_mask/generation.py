@@ -36,6 +36,16 @@ ASSISTED_MODES = (GenerationMode.ASSISTED_GENERATION,)
 class MaskedGenerationMixin:
     """Overrides of `GenerationMixin` hooks; mixed into `CustomQwen3ForCausalLM` (see the module docstring)."""
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # from_pretrained hands kwargs such as mask_strategy= to the GenerationConfig as well, where they would be
+        # saved and go stale: the strategy belongs in config.json only.
+        for key in ("mask_strategy", "mask_spec_version"):
+            model.generation_config.__dict__.pop(key, None)
+        return loaded
+
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """`GenerationMixin.generate`, plus the strategy's per-call inputs, 4D prompt masks and the cache check."""
         strategy = self.mask_strategy
@@ -63,9 +73,14 @@ class MaskedGenerationMixin:
             # A prompt token that no prompt row can see is padding: positions and generated rows skip it.
             kwargs["attention_mask"] = as_bool_user_mask(mask).any(dim=1).any(dim=1).long()
         config = generation_config if generation_config is not None else self.generation_config
-        if kwargs.get("pad_token_id") is None and config.pad_token_id is None and config.eos_token_id is not None:
+        if kwargs.get("pad_token_id") is None and config.pad_token_id is None:
+            # The model config's pad (Qwen3: <|endoftext|>, the tokenizer's pad) if it has one, else the first EOS,
+            # as transformers falls back, without its warning: padding is read from the attention mask anyway.
             eos = config.eos_token_id
-            kwargs["pad_token_id"] = eos[0] if isinstance(eos, (list, tuple)) else eos
+            first_eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+            fallback = self.config.pad_token_id if self.config.pad_token_id is not None else first_eos
+            if fallback is not None:
+                kwargs["pad_token_id"] = fallback
         if isinstance(kwargs.get("past_key_values"), BoundedCache):
             resolved, _ = self._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k != "past_key_values"})
             if resolved.get_generation_mode(kwargs.get("assistant_model")) in ASSISTED_MODES:

@@ -8,6 +8,7 @@ stock's, on this body, so ``model.model(...)``, ``AutoModel`` and every ``AutoMo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -61,6 +62,15 @@ def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
         setattr(custom, name, value)
     custom.__dict__.pop("is_causal", None)
     return custom
+
+
+def cpu_flex_static_shapes(config, device):
+    """torch 2.13's CPU inductor miscompiles flex_attention when it recompiles with dynamic shapes (a C++
+    error, README "Known limits"), which transformers' compiled flex_attention does from the second length on:
+    on CPU, flex_attention compiles with static shapes (one graph per length). CUDA is untouched."""
+    if config._attn_implementation == "flex_attention" and device.type == "cpu" and not torch.compiler.is_compiling():
+        return torch._dynamo.config.patch(automatic_dynamic_shapes=False)
+    return contextlib.nullcontext()
 
 
 class CustomQwen3Model(Qwen3Model):
@@ -140,15 +150,16 @@ class CustomQwen3Model(Qwen3Model):
             attention_mask, position_ids = self.attention_masks(
                 input_ids, attention_mask, past_key_values, position_ids, inputs_embeds, prompt_mask, **mask_inputs
             )
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        with cpu_flex_static_shapes(self.config, self.embed_tokens.weight.device):
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                **kwargs,
+            )
 
     def attention_masks(
         self, input_ids=None, attention_mask=None, past_key_values=None, position_ids=None, inputs_embeds=None,

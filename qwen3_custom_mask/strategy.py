@@ -20,12 +20,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers.masking_utils import and_masks, or_masks
+from typing import TYPE_CHECKING, Any
 
 from .registry import MaskEntry, MaskMod, get_mask
+
+if TYPE_CHECKING:
+    import torch
 
 COMBINATORS = ("and", "or", "not")
 
@@ -161,6 +161,8 @@ class CompositeStrategy(Strategy):
         return {self.op: [child.to_dict() for child in self.children]}
 
     def mask_mod(self, **inputs: Any) -> MaskMod:
+        from transformers.masking_utils import and_masks, or_masks
+
         mods = [child.mask_mod(**inputs) for child in self.children]
         if self.op == "not":
             return not_mask(mods[0])
@@ -246,6 +248,8 @@ class LayeredStrategy(Strategy):
         return any(s.places_tokens for _, s in self.groups)
 
     def position_ids(self, **inputs: Any) -> torch.Tensor | None:
+        import torch
+
         positions = {id(s): s.position_ids(**inputs) for _, s in self.groups}
         found = [p for p in positions.values() if p is not None]
         if found and (len(found) < len(positions) or any(not torch.equal(found[0], p) for p in found[1:])):

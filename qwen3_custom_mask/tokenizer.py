@@ -2,8 +2,8 @@
 
 Same byte-level BPE, pre-tokenization regex and NFC normalization as the ``tokenizer.json`` of the official
 ``Qwen/Qwen3-*`` checkpoints, with Qwen3's special tokens at their ids (``<|endoftext|>`` 151643,
-``<|im_start|>`` 151644, ``<|im_end|>`` 151645, ... ``<think>`` 151667, ``</think>`` 151668) and a ChatML chat
-template with Qwen3's ``enable_thinking`` switch. Building it takes a few seconds; `save_pretrained` it once.
+``<|im_start|>`` 151644, ``<|im_end|>`` 151645, ... ``<think>`` 151667, ``</think>`` 151668) and Qwen3's chat
+template (templates/qwen3_chat.jinja: tools, tool calls and responses, ``enable_thinking``). Building it takes a few seconds; `save_pretrained` it once.
 """
 
 from __future__ import annotations
@@ -19,14 +19,9 @@ QWEN3_SPECIAL_TOKENS = [
     "<think>", "</think>",
 ]  # ids 151643 .. 151668
 FIRST_SPECIAL_ID = 151643
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}"
-)
+# Qwen3's chat template (tools, tool calls and responses, reasoning kept only after the last query,
+# enable_thinking), written for this package; tests check its rendered strings.
+CHAT_TEMPLATE = (Path(__file__).parent / "templates" / "qwen3_chat.jinja").read_text()
 
 
 def ranks_file() -> Path:

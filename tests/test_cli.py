@@ -66,6 +66,57 @@ def test_user_mistakes_are_one_line_and_exit_2(args, message):
     assert proc.stderr.count("\n") == 1
 
 
+MODEL_MISTAKES = [
+    (("generate", "--dtype", "float64x", "hi"), "--dtype 'float64x' is not a torch dtype"),
+    (("generate", "--backend", "flesh", "hi"), "--backend 'flesh' is not an attention backend"),
+    (("generate", ""), "empty prompt"),
+    (("generate", "hi", "  "), "empty prompt"),
+    (("generate", "--model", "/nonexistent/qwen3", "hi"), "--model /nonexistent/qwen3: no such folder"),
+    (("generate", "--device", "banana", "hi"), "--device 'banana' is not a device"),
+    (("export", "--strategy", "prefix_lm", "--stock", "unused-out"), "has no standard form"),
+]
+
+
+@pytest.mark.parametrize("args,message", MODEL_MISTAKES, ids=lambda v: v if isinstance(v, str) else None)
+def test_model_command_mistakes_are_one_line_and_exit_2(home, args, message):
+    proc = cli(*args, home=home, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("qwen3-mask: error:") and message in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_cuda_on_a_cpu_machine_is_one_line(home):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = cli("generate", "--device", "cuda", "hi", home=home, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no CUDA device on this machine" in proc.stderr
+
+
+def test_finetune_mistakes_are_one_line_and_its_log_is_shown(home, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hello world"}\n' * 8)
+    from qwen3_custom_mask.default import default_checkpoint
+
+    model = default_checkpoint(home)
+    proc = cli("finetune", "--model", model, "--data", data, "--attn", "flex_attention", "--cpu", home=home, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no backward pass on CPU" in proc.stderr, proc.stderr[-2000:]
+    out = cli("finetune", "--model", model, "--data", data, "--max-steps", "1", "--batch-size", "2", "--max-length", "16",
+              "--output-dir", tmp_path / "out", home=home)
+    assert f"saved to {tmp_path / 'out'}" in out.stderr
+
+
+def test_list_and_help_do_not_load_torch():
+    """`qwen3-mask --help` and `list` answer without importing torch or transformers (they take ~0.1 s)."""
+    code = ("import sys; sys.argv = ['qwen3-mask', 'list']; from qwen3_custom_mask.cli import main; main(['list']); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'loaded'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sliding_window" in proc.stdout
+
+
 def test_generate_streams_and_batches(home):
     single = cli("generate", "--max-new-tokens", "4", "--strategy", "configs/prefix_lm.yaml", "Hello there", home=home)
     assert single.stdout.strip()  # streamed text
@@ -101,7 +152,7 @@ def test_embedded_tokenizer_is_qwen3():
 
 def test_bench_quick_prints_ratios_against_stock():
     out = cli("bench", "--vocab", "4096", "--backends", "sdpa", "--strategies", "causal", "sliding_window(256)",
-              "--lengths", "64", "--decode-batches", "1", "--new-tokens", "2", "--repeats", "1", "--no-sparse").stdout
+              "--lengths", "64", "--decode-batches", "1", "--new-tokens", "2", "--repeats", "1", "--no-sparse", "--no-compiled").stdout
     assert "| sdpa | 64 | causal |" in out and "| sdpa | 64 | sliding_window(256) |" in out and "stock + 4D mask" in out
     assert "| sdpa | 1 | causal |" in out
 

@@ -1,10 +1,11 @@
 """Parameter checks shared by the mask factories, so that every bad value gets the same clear error."""
 
-import torch
+from __future__ import annotations
 
 
 def checking_values() -> bool:
     """Whether to check tensor values (data-dependent branches) now: not while torch.compile traces a graph."""
+    import torch
     return not torch.compiler.is_compiling()
 
 
@@ -16,6 +17,7 @@ def positive_int(strategy: str, name: str, value) -> int:
 
 def per_sample_lengths(strategy: str, name: str, value) -> torch.Tensor:
     """A (batch,) tensor of non-negative integer lengths; ints and lists are accepted too."""
+    import torch
     if value is None:
         raise ValueError(f"The {strategy!r} strategy needs `{name}` (one integer per sample), e.g. "
                          f"model(input_ids, {name}=torch.tensor([5, 7])).")
@@ -50,4 +52,5 @@ def first_real_token(padding_mask: torch.Tensor | None) -> torch.Tensor | int:
 
 def at_batch(value, batch_idx):
     """``value[batch_idx]`` for per-row tensors, ``value`` for plain numbers."""
+    import torch
     return value[batch_idx] if isinstance(value, torch.Tensor) else value

@@ -11,12 +11,12 @@ Earlier tokens see later ones, so a KV cache built at prefill cannot honour it: 
 unless ``use_cache=False``.
 """
 
-from transformers.masking_utils import bidirectional_mask_function
-
 from ..registry import register_mask
 
 
 @register_mask("bidirectional", flash=lambda: {"is_causal": False})
 def bidirectional():
     """Every token attends to every non-padding token (encoder / embedding use)."""
+    from transformers.masking_utils import bidirectional_mask_function
+
     return bidirectional_mask_function

@@ -8,12 +8,12 @@
       4   ■ ■ ■ ■ ■
 """
 
-from transformers.masking_utils import causal_mask_function
-
 from ..registry import register_mask
 
 
 @register_mask("causal", flash=lambda: {})
 def causal():
     """Each token attends to itself and all earlier tokens (stock Qwen3)."""
+    from transformers.masking_utils import causal_mask_function
+
     return causal_mask_function

@@ -21,8 +21,7 @@ bidirectional (packed embedding training). Compose with others, e.g. ``{"and": [
 generate() takes the prompt's ids and extends them itself: generated tokens continue the last document.
 """
 
-import torch
-from transformers.masking_utils import find_packed_sequence_indices
+from __future__ import annotations
 
 from ..registry import register_mask
 
@@ -33,6 +32,9 @@ def document_ids_of(document_ids, position_ids, padding_mask, sequence_length=No
     ``document_ids`` / ``position_ids`` cover the ``sequence_length`` tokens so far (past + new); slots past
     them (a static cache's unwritten ones, which are padding) repeat the last id.
     """
+    import torch
+    from transformers.masking_utils import find_packed_sequence_indices
+
     batch, total = padding_mask.shape
     length = total if sequence_length is None else int(sequence_length)
     if document_ids is None:
@@ -63,6 +65,7 @@ def document_ids_of(document_ids, position_ids, padding_mask, sequence_length=No
 
 def document_positions(document_ids=None, padding_mask=None, sequence_length=None):
     """Positions that restart at 0 at each document's first real token (padding stays at 0)."""
+    import torch
     ids = document_ids_of(document_ids, None, padding_mask, sequence_length)
     real = padding_mask.long()
     starts = torch.ones_like(ids, dtype=torch.bool)

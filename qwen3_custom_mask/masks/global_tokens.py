@@ -14,7 +14,7 @@
 cache cannot honour it, so generate() asks for use_cache=False).
 """
 
-import torch
+from __future__ import annotations
 
 from ._checks import at_batch, first_real_token, non_negative_int, positive_int
 from ..registry import register_mask
@@ -23,6 +23,7 @@ from ..registry import register_mask
 @register_mask("global_tokens")
 def global_tokens(tokens: list = (0,), window: int = 512, causal: bool = True, padding_mask=None):
     """Longformer-style: local `window` attention plus `tokens` that attend and are attended globally."""
+    import torch
     if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
         raise ValueError(f"global_tokens: tokens must be a list of token indices, got {tokens!r}.")
     tokens = [non_negative_int("global_tokens", "tokens[i]", t) for t in tokens]

@@ -13,7 +13,7 @@
 Cache-consistent as long as the prefix lies inside the prompt, so generate() honours it.
 """
 
-import torch
+from __future__ import annotations
 
 from ._checks import checking_values, per_sample_lengths
 from ..registry import register_mask

@@ -15,7 +15,7 @@ heads): the mask_mod then reads ``head_idx`` and every backend gets a per-head m
 A query sees at most ``window`` keys, so generation can run with a `BoundedCache`.
 """
 
-import torch
+from __future__ import annotations
 
 from ._checks import positive_int
 from ..registry import register_mask
@@ -32,6 +32,7 @@ def _bounds(window):
 @register_mask("sliding_window", flash=_flash, cache_bounds=_bounds)
 def sliding_window(window: int | list = 4096, num_heads: int | None = None, padding_mask=None):
     """Causal attention limited to the last `window` tokens (the query included); a list sets one per head."""
+    import torch
     if isinstance(window, (list, tuple)):
         windows = [positive_int("sliding_window", "window[i]", w) for w in window]
         if num_heads is not None and len(windows) != num_heads:

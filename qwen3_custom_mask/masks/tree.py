@@ -18,7 +18,7 @@ One prefix token P, then ``draft_tree=[-1, 0, -1, 2]`` (two chains: 1â†’2 and 3â
 See `qwen3_custom_mask.speculative.verify_draft_tree` for the verification step with a KV cache.
 """
 
-import torch
+from __future__ import annotations
 
 from ..registry import register_mask
 
@@ -26,6 +26,7 @@ from ..registry import register_mask
 def parent_indices(matrix: torch.Tensor) -> torch.Tensor:
     """Parents (..., T) read off an ancestor-or-self matrix (..., T, T): each token's nearest (latest) strict
     ancestor, or -1 for a child of the prefix."""
+    import torch
     size = matrix.shape[-1]
     strict = matrix & ~torch.eye(size, dtype=torch.bool, device=matrix.device)
     index = torch.arange(size, device=matrix.device)
@@ -34,6 +35,7 @@ def parent_indices(matrix: torch.Tensor) -> torch.Tensor:
 
 def ancestor_matrix(draft_tree) -> torch.Tensor:
     """(batch, T, T) bool ancestor-or-self matrix from parents or from a matrix, checked to be a tree."""
+    import torch
     tree = torch.as_tensor(draft_tree)
     if tree.dtype == torch.bool:
         matrix = tree if tree.dim() == 3 else tree[None]
@@ -82,6 +84,7 @@ def tree_positions(draft_tree=None, padding_mask=None):
 @register_mask("tree", inputs=("draft_tree",), positions=tree_positions, generates=False)
 def tree(draft_tree=None, padding_mask=None):
     """Speculative-decoding tree: draft tokens see the prefix and their ancestors only."""
+    import torch
     if draft_tree is None:
         raise ValueError(
             "The 'tree' strategy needs draft_tree: parent indices (T,) (-1 = child of the prefix) or an ancestor "
