@@ -108,6 +108,13 @@ def test_finetune_mistakes_are_one_line_and_its_log_is_shown(home, tmp_path):
     assert f"saved to {tmp_path / 'out'}" in out.stderr
 
 
+def test_flex_attention_generation_on_cpu_works(home):
+    """Two prompts on CPU flex_attention: without the static-shapes workaround torch 2.13's CPU inductor fails
+    with a ~1,300-line C++ compile error (README, Known limits)."""
+    out = cli("generate", "--backend", "flex_attention", "--max-new-tokens", "2", "a b", "c", home=home).stdout
+    assert out.count(" -> ") == 2
+
+
 def test_list_and_help_do_not_load_torch():
     """`qwen3-mask --help` and `list` answer without importing torch or transformers (they take ~0.1 s)."""
     code = ("import sys; sys.argv = ['qwen3-mask', 'list']; from qwen3_custom_mask.cli import main; main(['list']); "
