@@ -7,7 +7,10 @@
     python scripts/finetune.py --model Qwen/Qwen3-0.6B --recipe configs/bidirectional_llm2vec.yaml --data wiki.txt --lora
 
     # several GPUs (DDP), unchanged script
-    accelerate launch --num_processes 8 scripts/finetune.py ...    # or: torchrun --nproc_per_node 8 scripts/finetune.py ...
+    accelerate launch --multi_gpu --num_processes 8 scripts/finetune.py ...    # or: torchrun --nproc_per_node 8 ...
+
+    # FSDP2: every decoder layer sharded with PyTorch's fully_shard (bf16 mixed precision on GPU), same launchers
+    torchrun --nproc_per_node 8 scripts/finetune.py ... --fsdp [--gradient-checkpointing]
 
 Data: a local .json/.jsonl/.txt file or a `datasets` hub name, with a ``text`` column (or --text-field), or
 ``prompt`` + ``completion`` columns (labels on the completion only), or pre-tokenized ``input_ids`` (optional
@@ -61,7 +64,10 @@ def parse_args(argv=None):
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on where the GPU supports it")
-    parser.add_argument("--fsdp", default="", help='e.g. "full_shard auto_wrap" (multi-GPU; wraps Qwen3DecoderLayer)')
+    parser.add_argument("--fsdp", action="store_true",
+                        help="shard with FSDP2 (fully_shard per Qwen3DecoderLayer) across the launched processes")
+    parser.add_argument("--data-order", choices=["random", "sequential"], default="random",
+                        help="example order (sequential: the same global batches for any number of processes)")
     parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logging-steps", type=int, default=10)
@@ -138,6 +144,9 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     strategy, training = load_recipe(args)
+    if args.fsdp and args.lora:
+        raise SystemExit("error: --lora merges the adapters into the full model on one process; train LoRA with DDP "
+                         "(several processes without --fsdp) or full weights with --fsdp")
     use_cuda = torch.cuda.is_available() and not args.cpu
     if args.attn == "flex_attention" and not use_cuda:
         raise SystemExit("error: flex_attention has no backward pass on CPU; use --attn sdpa or eager (or a GPU)")
@@ -183,41 +192,57 @@ def main(argv=None):
         mask_token_id=pad_token_id,
         mask_probability=training["mask_probability"],
     )
-    training_args = TrainingArguments(
-        output_dir=args.output_dir,
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.lr,
-        logging_steps=args.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        activation_checkpointing=args.gradient_checkpointing,
-        bf16=bf16,
-        use_cpu=not use_cuda,
-        seed=args.seed,
-        fsdp=args.fsdp,
-        fsdp_config={"transformer_layer_cls_to_wrap": ["Qwen3DecoderLayer"]} if args.fsdp else None,
-        ddp_find_unused_parameters=False,
-    )
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
-    logger.info("processes: %d (%s), device %s, bf16=%s", training_args.world_size, training_args.parallel_mode.value, training_args.device, bf16)
-    result = trainer.train()
-    logger.info("train loss %.4f after %d steps", result.training_loss, result.global_step)
+    if args.fsdp:
+        from qwen3_custom_mask import fsdp
 
-    if trainer.is_world_process_zero():
+        result = fsdp.train(
+            model, dataset, collator, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, epochs=args.epochs,
+            bf16=bf16, gradient_checkpointing=args.gradient_checkpointing, data_order=args.data_order, seed=args.seed,
+            logging_steps=args.logging_steps,
+        )
+        world = torch.distributed.get_world_size()
+        logger.info("processes: %d (fsdp2), device %s, bf16=%s", world, "cuda" if use_cuda else "cpu", bf16)
+        logger.info("train loss %.4f after %d steps", result.training_loss, result.global_step)
+        logger.info("fsdp2: %d decoder layers sharded (fully_shard) over %d processes", result.sharded_layers, world)
+        if not fsdp.save_full(model, args.output_dir):
+            return result
+    else:
+        training_args = TrainingArguments(
+            output_dir=args.output_dir,
+            num_train_epochs=args.epochs,
+            max_steps=args.max_steps,
+            per_device_train_batch_size=args.batch_size,
+            gradient_accumulation_steps=args.grad_accum,
+            learning_rate=args.lr,
+            logging_steps=args.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            activation_checkpointing=args.gradient_checkpointing,
+            bf16=bf16,
+            use_cpu=not use_cuda,
+            seed=args.seed,
+            train_sampling_strategy=args.data_order,
+            ddp_find_unused_parameters=False,
+        )
+        trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+        logger.info("processes: %d (%s), device %s, bf16=%s", training_args.world_size, training_args.parallel_mode.value, training_args.device, bf16)
+        result = trainer.train()
+        # Trainer's training_loss is each process's own average unless a logging step reduced it: report the mean.
+        loss = trainer.accelerator.reduce(torch.tensor(result.training_loss, device=training_args.device), reduction="mean")
+        logger.info("train loss %.4f after %d steps", float(loss), result.global_step)
+        if not trainer.is_world_process_zero():
+            return result
         final = trainer.model
         if args.lora:
             final = final.merge_and_unload()
         final.config.use_cache = True
         final.save_pretrained(args.output_dir)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(args.output_dir)
-        reloaded = CustomQwen3ForCausalLM.from_pretrained(args.output_dir)
-        if reloaded.mask_strategy != strategy:
-            raise SystemExit(f"error: the saved model reloads with {reloaded.mask_strategy.to_dict()}, not {strategy.to_dict()}")
-        logger.info("saved to %s (mask_strategy %s)", args.output_dir, reloaded.mask_strategy.to_dict())
+    if tokenizer is not None:
+        tokenizer.save_pretrained(args.output_dir)
+    reloaded = CustomQwen3ForCausalLM.from_pretrained(args.output_dir)
+    if reloaded.mask_strategy != strategy:
+        raise SystemExit(f"error: the saved model reloads with {reloaded.mask_strategy.to_dict()}, not {strategy.to_dict()}")
+    logger.info("saved to %s (mask_strategy %s)", args.output_dir, reloaded.mask_strategy.to_dict())
     return result
 
 

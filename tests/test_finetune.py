@@ -52,15 +52,60 @@ def test_recipe_trains_and_saves_a_checkpoint_that_reloads_with_its_strategy(che
     assert not torch.equal(trained.model.layers[0].self_attn.q_proj.weight, before.model.layers[0].self_attn.q_proj.weight)
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not installed")
-def test_two_process_accelerate_launch(checkpoint, data, tmp_path):
-    out = tmp_path / "out"
-    launcher = ("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no")
-    log = run(["--model", checkpoint, "--recipe", ROOT / "configs" / "packed_sft.yaml", "--data", data, "--max-length", 64,
-               "--max-steps", 2, "--batch-size", 4, "--output-dir", out, "--cpu"], tmp_path, launcher)
-    assert log.count("processes: 2 (distributed)") == 2
-    assert CustomQwen3ForCausalLM.from_pretrained(out).mask_strategy.name == "document"
+ACCELERATE = ("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no")
+TORCHRUN = ("torchrun", "--nproc_per_node", "2")
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def train_loss(log: str) -> str:
+    return [line for line in log.splitlines() if "train loss" in line][-1].split("train loss ")[1]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, data):
+    """The reference: one process, Trainer, global batch 4, packed rows, the document strategy."""
+    from qwen3_custom_mask.default import default_checkpoint
+
+    folder = tmp_path_factory.mktemp("one-process")
+    model = default_checkpoint(folder / "embedded")  # the embedded default (real Qwen3 vocabulary, 2 layers)
+    common = ["--model", model, "--recipe", ROOT / "configs" / "packed_sft.yaml", "--data", data, "--max-length", 64,
+              "--max-steps", 3, "--lr", 1e-3, "--data-order", "sequential", "--cpu", "--seed", 0]
+    log = run([*common, "--batch-size", 4, "--output-dir", folder / "out"], folder)
+    return common, log, weights(folder / "out")
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None or shutil.which("torchrun") is None, reason="launchers not installed")
+@pytest.mark.parametrize("mode,launcher", [("fsdp2", TORCHRUN), ("fsdp2", ACCELERATE), ("ddp", ACCELERATE)],
+                         ids=["fsdp2-torchrun", "fsdp2-accelerate", "ddp-accelerate"])
+def test_two_processes_train_exactly_like_one(one_process_run, tmp_path, mode, launcher):
+    """2 CPU processes (gloo), 2 examples each, vs 1 process with the same 4: the same loss and, after three AdamW
+    steps, the same weights (float tolerance), with the document strategy on every rank; the checkpoint (full state
+    gathered on rank 0, official layout) reloads with its strategy."""
+    common, single_log, single = one_process_run
+    extra = ["--fsdp"] if mode == "fsdp2" else []
+    log = run([*common, "--batch-size", 2, "--output-dir", tmp_path / "out", *extra], tmp_path, launcher)
+    if mode == "fsdp2":
+        assert log.count("fsdp2: 2 decoder layers sharded (fully_shard) over 2 processes") == 2
+    else:
+        assert log.count("processes: 2 (distributed)") == 2
+    assert train_loss(log) == train_loss(single_log)
+    trained = weights(tmp_path / "out")
+    assert sorted(trained) == sorted(single)  # the official layout: a tied head is stored once
+    moved = max((single[k] - weights_of_base(common)[k]).abs().max().item() for k in single)
+    assert moved > 1e-3  # training changed the weights...
+    for name, tensor in single.items():  # ...and both runs changed them alike
+        torch.testing.assert_close(trained[name], tensor, atol=2e-5, rtol=1e-4, msg=name)
+    assert CustomQwen3ForCausalLM.from_pretrained(tmp_path / "out").mask_strategy.name == "document"
+
+
+def weights_of_base(common) -> dict:
+    return weights(Path(common[1]))
 
 
 def test_objective_collators():
