@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, resolve_strategy
 from qwen3_custom_mask.packing import IGNORE_INDEX
-from qwen3_custom_mask.training import OBJECTIVES, collator_for
+from qwen3_custom_mask.training import OBJECTIVES, CountingCollator, collator_for, pack_dataset
 
 logger = logging.getLogger("finetune")
 
@@ -139,6 +140,16 @@ def tokenize(dataset, args, tokenizer):
     return dataset.map(encode, remove_columns=columns, desc="tokenizing")
 
 
+def log_throughput(collator: CountingCollator, seconds: float) -> None:
+    """Real tokens trained per second (this process), and the padding share of what it trained on."""
+    import resource
+
+    padding = 100 * (1 - collator.real / max(collator.total, 1))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    logger.info("tokens: %d real of %d (%.1f%% padding) in %.1f s: %.0f real tokens/s; peak memory %d MiB", collator.real,
+                collator.total, padding, seconds, collator.real / seconds, peak)
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -184,22 +195,26 @@ def main(argv=None):
         model.print_trainable_parameters()
 
     dataset = tokenize(load_data(args), args, tokenizer)
-    collator = collator_for(
+    if training["pack"]:
+        dataset = pack_dataset(dataset, training["max_length"], pad_token_id)
+    collator = CountingCollator(collator_for(
         training["objective"],
         pack=training["pack"],
         max_length=training["max_length"],
         pad_token_id=pad_token_id,
         mask_token_id=pad_token_id,
         mask_probability=training["mask_probability"],
-    )
+    ))
     if args.fsdp:
         from qwen3_custom_mask import fsdp
 
+        start = time.perf_counter()
         result = fsdp.train(
             model, dataset, collator, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, epochs=args.epochs,
             bf16=bf16, gradient_checkpointing=args.gradient_checkpointing, data_order=args.data_order, seed=args.seed,
             logging_steps=args.logging_steps,
         )
+        log_throughput(collator, time.perf_counter() - start)
         world = torch.distributed.get_world_size()
         logger.info("processes: %d (fsdp2), device %s, bf16=%s", world, "cuda" if use_cuda else "cpu", bf16)
         logger.info("train loss %.4f after %d steps", result.training_loss, result.global_step)
@@ -226,7 +241,9 @@ def main(argv=None):
         )
         trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
         logger.info("processes: %d (%s), device %s, bf16=%s", training_args.world_size, training_args.parallel_mode.value, training_args.device, bf16)
+        start = time.perf_counter()
         result = trainer.train()
+        log_throughput(collator, time.perf_counter() - start)
         # Trainer's training_loss is each process's own average unless a logging step reduced it: report the mean.
         loss = trainer.accelerator.reduce(torch.tensor(result.training_loss, device=training_args.device), reduction="mean")
         logger.info("train loss %.4f after %d steps", float(loss), result.global_step)

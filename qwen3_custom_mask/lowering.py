@@ -95,6 +95,38 @@ def eager_float_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device), torch.finfo(dtype).min)
 
 
+BLOCK = 128  # flex_attention's default block size, for queries and keys
+
+
+def blocks_from_intervals(intervals, *, q, keys_real, kv_offset: int, kv_length: int):
+    """(partial, full) int8 (B, 1, Q blocks, KV blocks) read off the key intervals of every query row.
+
+    A block is full when every row of its query block sees all of its keys (each inside one interval, all real),
+    empty when no row sees any of them, partial otherwise: the same classification create_block_mask makes
+    from the whole (Q, K) grid, for O(Q x K / 128 x intervals) work instead of O(Q x K) mask_mod calls. Where
+    a row's keys are covered only by several intervals together, the block counts as partial (still exact,
+    the kernel then applies the mask_mod).
+    """
+    lo, hi = intervals(q.view(1, -1, 1))
+    batch = max(lo.shape[0], hi.shape[0], keys_real.shape[0])
+    lo, hi = torch.broadcast_tensors(lo, hi)
+    kv_blocks = -(-kv_length // BLOCK)
+    k0 = kv_offset + torch.arange(kv_blocks, device=q.device) * BLOCK  # (KB,)
+    k1 = torch.clamp(k0 + BLOCK, max=kv_offset + kv_length)
+    lo, hi = lo.unsqueeze(-2), hi.unsqueeze(-2)  # (B, Q, 1, n)
+    covers = ((lo <= k0[:, None]) & (hi >= (k0 + BLOCK)[:, None])).any(-1)  # (B, Q, KB); a short last block is never full
+    touches = ((lo < k1[:, None]) & (hi > k0[:, None])).any(-1)
+    # Whole query blocks: rows past the end neither see nor block anything, except that a short block is never full.
+    rows = q.shape[0]
+    pad = -rows % BLOCK
+    covers = torch.nn.functional.pad(covers, (0, 0, 0, pad), value=False).view(covers.shape[0], -1, BLOCK, kv_blocks).all(2)
+    touches = torch.nn.functional.pad(touches, (0, 0, 0, pad), value=False).view(touches.shape[0], -1, BLOCK, kv_blocks).any(2)
+    real = torch.nn.functional.pad(keys_real, (0, kv_blocks * BLOCK - keys_real.shape[-1]), value=False).view(keys_real.shape[0], kv_blocks, BLOCK)
+    full = covers & real.all(-1)[:, None] & (k1 - k0 == BLOCK)
+    partial = touches & real.any(-1)[:, None] & ~full
+    return partial.expand(batch, -1, -1)[:, None].to(torch.int8), full.expand(batch, -1, -1)[:, None].to(torch.int8)
+
+
 def block_mask(
     mask_mod: MaskMod,
     *,
@@ -107,9 +139,14 @@ def block_mask(
     padding_mask: torch.Tensor,
     device,
     kv_positions: torch.Tensor | None = None,
+    intervals=None,
 ):
-    """A flex_attention ``BlockMask``; blocks with no visible key are skipped by the kernel."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    """A flex_attention ``BlockMask``; blocks with no visible key are skipped by the kernel.
+
+    With the strategy's ``intervals`` (built-in masks with known structure) the block indices come from
+    `blocks_from_intervals`; otherwise create_block_mask evaluates the mask_mod over the (Q, K) grid.
+    """
+    from torch.nn.attention.flex_attention import _create_sparse_block_from_block_mask, create_block_mask
 
     # Offsets travel as tensors, not Python ints: a compiled flex_attention guards on the value of every int it
     # sees, so int offsets would recompile at every decode step.
@@ -123,6 +160,10 @@ def block_mask(
         return mask_mod(b, h, q_idx + q_base, keys[b, kv_idx]) & real[b, kv_idx]
 
     heads = num_heads if reads_head(mask_mod, num_heads, device) else None
+    if intervals is not None and kv_positions is None and heads is None:
+        q = torch.arange(q_length, device=device) + q_base
+        blocks = blocks_from_intervals(intervals, q=q, keys_real=real, kv_offset=kv_offset, kv_length=kv_length)
+        return _create_sparse_block_from_block_mask(blocks, shifted, (q_length, kv_length), BLOCK, BLOCK)
     return create_block_mask(
         shifted,
         B=batch_size,
@@ -135,10 +176,11 @@ def block_mask(
     )
 
 
-def lower(backend: str, mask_mod: MaskMod, *, dtype: torch.dtype, **window) -> torch.Tensor:
-    """The mask for ``backend`` (see the table above); ``window`` holds the sizes, padding and device."""
+def lower(backend: str, mask_mod: MaskMod, *, dtype: torch.dtype, intervals=None, **window) -> torch.Tensor:
+    """The mask for ``backend`` (see the table above); ``window`` holds the sizes, padding and device;
+    ``intervals`` the strategy's structure, when it has one (flex_attention's block indices)."""
     if backend == "flex_attention":
-        return block_mask(mask_mod, **window)
+        return block_mask(mask_mod, intervals=intervals, **window)
     if backend not in DENSE_BACKENDS:
         raise ValueError(
             f"qwen3_custom_mask cannot lower a custom mask to attn_implementation={backend!r}; "

@@ -32,11 +32,11 @@ from transformers.masking_utils import (
     and_masks,
     create_causal_mask,
     create_sliding_window_causal_mask,
-    sliding_window_bidirectional_overlay,
 )
 
 from .cache import BoundedCache
 from .lowering import FLASH_BACKENDS, lower
+from .strategy import and_intervals
 from .masks._checks import first_real_token
 from .masks.user_mask import check_user_mask, user_mask
 
@@ -137,12 +137,12 @@ def sliding_layer_overlay(form: dict | None, window: int):
     """What a config's sliding layer adds to a strategy: keys less than ``window`` positions away on either side
     (for a causal strategy, stock's sliding window), or, for the bidirectional strategy, stock's bidirectional
     window ``|q - kv| <= window`` (so that a stock ``is_causal: false`` checkpoint runs as stock runs it)."""
-    if form == {"is_causal": False}:
-        return sliding_window_bidirectional_overlay(window)
+    reach = window if form == {"is_causal": False} else window - 1  # how far on either side a key may be
 
     def within(batch_idx, head_idx, q_idx, kv_idx):
-        return (q_idx - kv_idx).abs() < window
+        return (q_idx - kv_idx).abs() <= reach
 
+    within.intervals = lambda q: (q - reach, q + reach + 1)  # the same, for flex_attention's block indices
     return within
 
 
@@ -202,9 +202,9 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
 
     call = dict(batch_size=batch_size, num_heads=config.num_attention_heads, q_offset=q_offset, q_length=q_length, padding_mask=padding, device=device, kv_positions=kv_positions)
     if is_4d:
-        groups = [(user_mask(as_bool_user_mask(attention_mask).to(device), row_offset=q_offset), None, body.all_layers)]
+        groups = [(user_mask(as_bool_user_mask(attention_mask).to(device), row_offset=q_offset), None, None, body.all_layers)]
     elif prompt_mask is not None:
-        groups = [(user_mask(as_bool_user_mask(prompt_mask).to(device)), None, body.all_layers)]
+        groups = [(user_mask(as_bool_user_mask(prompt_mask).to(device)), None, None, body.all_layers)]
     else:
         strategy = body.mask_strategy
         context = dict(mask_inputs, padding_mask=padding, position_ids=position_ids, num_heads=config.num_attention_heads)
@@ -212,35 +212,77 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
             context["sequence_length"] = int(seen)
         if position_ids is None and strategy.places_tokens:
             position_ids = strategy.position_ids(**context)[:, q_offset : q_offset + q_length]
-        groups = [(s.mask_mod(**context), s.flash_form(), layers) for s, layers in body.mask_groups]
+        structure = backend == "flex_attention" or backend in FLASH_BACKENDS  # block indices, varlen documents
+        groups = [(s.mask_mod(**context), s.flash_form(), s.key_intervals(**context) if structure else None, layers)
+                  for s, layers in body.mask_groups]
 
     masks = LayerMasks()
-    for mask_mod, form, layers in groups:
+    for mask_mod, form, intervals, layers in groups:
         for layer_type, (kv_offset, kv_length) in sizes.items():
             typed = [idx for idx in layers if config.layer_types[idx] == layer_type]
             if not typed:
                 continue
-            mask, extra = _lower(body, backend, mask_mod, form, layer_type, padding, dtype, call, kv_offset, kv_length)
+            mask, extra = _lower(body, backend, mask_mod, form, intervals, layer_type, padding, dtype, call, kv_offset, kv_length)
             for idx in typed:
                 masks[idx] = (mask, extra)
     return {layer_type: masks for layer_type in sizes}, position_ids
 
 
-def _lower(body, backend, mask_mod, form, layer_type, padding, dtype, call, kv_offset, kv_length):
+def _lower(body, backend, mask_mod, form, intervals, layer_type, padding, dtype, call, kv_offset, kv_length):
     """One mask_mod for the layers of one type: ``(mask, extra attention kwargs)``."""
     keys = padding[:, kv_offset : kv_offset + kv_length]  # False for padding and a static cache's empty slots
     if backend in FLASH_BACKENDS:
         if form is None:
             raise ValueError(flash_error("4D attention_mask", backend))
+        if form.get("documents"):
+            return flash_documents(intervals, form["is_causal"], keys, call, kv_offset)
         # The window is a module attribute (set by set_mask_strategy); the rest (is_causal) travels per layer.
         extra = {k: v for k, v in form.items() if k != "sliding_window"}
         return (None if bool(keys.all()) else keys), extra
     if layer_type == "sliding_attention":
-        mask_mod = and_masks(mask_mod, sliding_layer_overlay(form, body.config.sliding_window))
+        overlay = sliding_layer_overlay(form, body.config.sliding_window)
+        mask_mod = and_masks(mask_mod, overlay)
+        intervals = and_intervals([intervals, overlay.intervals]) if intervals is not None else None
     elif form == {"is_causal": False} and backend == "sdpa" and call["kv_positions"] is None and not _compiling():
         if bool(keys.all()):
             return None, {"is_causal": False}  # sdpa's no-mask fast path
-    return lower(backend, mask_mod, dtype=dtype, kv_offset=kv_offset, kv_length=kv_length, **call), {}
+    return lower(backend, mask_mod, dtype=dtype, intervals=intervals, kv_offset=kv_offset, kv_length=kv_length, **call), {}
+
+
+def flash_documents(intervals, causal: bool, keys: torch.Tensor, call: dict, kv_offset: int):
+    """Packed documents for flash-attention, as stock runs packed sequences: varlen over the flattened batch.
+
+    A forward over whole rows (training, prefill) gets ``cu_seq_lens_q/k`` that start a sequence at every
+    document, padding run and row; a decode step (one new token) gets a 2D mask of its own document's keys.
+    """
+    q_offset, q_length = call["q_offset"], call["q_length"]
+    if intervals is None:
+        raise ValueError(
+            "The 'document' mask reaches flash-attention through varlen sequences, which needs each document's "
+            "tokens contiguous in its row (as packed rows are). Use sdpa or flex_attention for interleaved documents."
+        )
+    device = keys.device
+    if q_length == 1:  # decoding: the query's document is a run of keys ending at the query
+        lo, hi = intervals(torch.as_tensor(q_offset, device=device).view(1, 1, 1))
+        positions = torch.arange(kv_offset, kv_offset + keys.shape[1], device=device)
+        return keys & (positions >= lo[:, 0]) & (positions < hi[:, 0]), {"is_causal": True}
+    if not isinstance(q_offset, int) or q_offset != 0 or keys.shape[1] != q_length:
+        raise ValueError(
+            "flash-attention takes packed documents for whole rows (training, prefill) or one new token at a time; "
+            "a forward that adds several tokens to a cache (chunked prefill) needs sdpa or flex_attention."
+        )
+    changes = (keys[:, 1:] != keys[:, :-1]).sum(-1)
+    split = (changes > 2) | ((changes > 0) & keys[:, 0] & keys[:, -1])  # real tokens in two or more pieces
+    if split.any():
+        raise ValueError("flash-attention takes packed documents with padding at the ends of a row only (left or right).")
+    positions = torch.arange(q_length, device=device)
+    lo, _ = intervals(positions.view(1, -1, 1))
+    starts = (lo[..., 0] == positions).expand(keys.shape[0], -1).clone()
+    starts[:, 1:] |= keys[:, 1:] != keys[:, :-1]  # padding is a sequence of its own
+    starts[:, 0] = True
+    cu = torch.cat([starts.flatten().nonzero().view(-1), torch.tensor([starts.numel()], device=device)]).to(torch.int32)
+    longest = int(cu.diff().max())
+    return None, {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest, "is_causal": causal}
 
 
 def bound_cache(body, cache: BoundedCache, padding: torch.Tensor, user_mask: bool) -> None:

@@ -53,6 +53,11 @@ class MaskEntry:
         used when the caller passes no ``position_ids``.
     cache_bounds: a function of the parameters returning ``(first, last)``: a query only ever sees the first
         ``first`` real tokens and the last ``last`` earlier tokens, so `BoundedCache` may drop the rest.
+    intervals: the mask's structure, for flex_attention's block indices without evaluating every (query, key)
+        pair: a factory taking what the mask factory takes and returning ``fn(q) -> (lo, hi)``, where ``q`` is the
+        (1, Q, 1) query positions and ``lo``/``hi`` broadcast to (batch, Q, n): the keys a query sees are exactly
+        the union of ``[lo, hi)`` over the n intervals (padding aside). It may return None when the inputs of a
+        call have no such form (documents whose tokens are not contiguous); None means the generic path.
     generates: False for strategies that make no sense token by token (a draft tree).
     """
 
@@ -63,6 +68,7 @@ class MaskEntry:
     positions: Callable[..., torch.Tensor] | None = None
     cache_bounds: Callable[..., tuple[int, int]] | None = None
     generates: bool = True
+    intervals: Callable[..., Callable | None] | None = None
 
     @property
     def doc(self) -> str:
@@ -103,6 +109,7 @@ def register_mask(
     positions: Callable[..., torch.Tensor] | None = None,
     cache_bounds: Callable[..., tuple[int, int]] | None = None,
     generates: bool = True,
+    intervals: Callable[..., Callable | None] | None = None,
     replace: bool = False,
 ) -> Callable[[Callable[..., MaskMod]], Callable[..., MaskMod]]:
     """Decorator that registers a mask factory under ``name``.
@@ -113,7 +120,7 @@ def register_mask(
     ...         return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
     ...     return mask_mod
 
-    See `MaskEntry` for ``inputs``, ``flash``, ``positions``, ``cache_bounds`` and ``generates``.
+    See `MaskEntry` for ``inputs``, ``flash``, ``positions``, ``cache_bounds``, ``generates`` and ``intervals``.
     Registering a taken name raises unless ``replace=True``. A model that already resolved the old
     factory keeps it: replacing or removing an entry never changes a built model.
     """
@@ -133,7 +140,7 @@ def register_mask(
         missing = [i for i in inputs if i not in signature]
         if missing:
             raise TypeError(f"Mask factory {name!r} declares inputs {missing} that are not parameters of {factory}.")
-        _MASKS[name] = MaskEntry(name, factory, inputs, flash, positions, cache_bounds, generates)
+        _MASKS[name] = MaskEntry(name, factory, inputs, flash, positions, cache_bounds, generates, intervals)
         return factory
 
     return decorator

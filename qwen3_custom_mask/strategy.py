@@ -52,6 +52,11 @@ class Strategy:
         """``(first real tokens, last tokens)`` a query can ever see, or None if unbounded."""
         return None
 
+    def key_intervals(self, **inputs: Any):
+        """``fn(q) -> (lo, hi)``: the keys each query sees as a union of intervals (see `MaskEntry.intervals`),
+        or None when this call's mask has no such form (flex_attention then evaluates the mask_mod)."""
+        return None
+
     def position_ids(self, **inputs: Any) -> torch.Tensor | None:
         """(batch, total) positions when the strategy places tokens itself, else None (stock positions)."""
         return None
@@ -109,6 +114,11 @@ class MaskStrategy(Strategy):
         if not self.entry.inputs:
             self.mask_mod(num_heads=num_heads)  # e.g. a per-head window list must match num_heads
 
+    def key_intervals(self, **inputs: Any):
+        if self.entry.intervals is None:
+            return None
+        return self.entry.intervals(**self.params, **self._wanted(inputs, self.entry.intervals))
+
     def flash_form(self) -> dict | None:
         return self.entry.flash(**self.params) if self.entry.flash else None
 
@@ -127,6 +137,35 @@ class MaskStrategy(Strategy):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"MaskStrategy({self.name}({args}))"
+
+
+def and_intervals(parts):
+    """Intersection of unions of intervals: every pairwise intersection (empty ones are harmless)."""
+
+    def intervals(q):
+        import torch
+
+        lo, hi = parts[0](q)
+        for part in parts[1:]:
+            lo2, hi2 = part(q)
+            lo = torch.maximum(lo.unsqueeze(-1), lo2.unsqueeze(-2)).flatten(-2)
+            hi = torch.minimum(hi.unsqueeze(-1), hi2.unsqueeze(-2)).flatten(-2)
+        return lo, hi
+
+    return intervals
+
+
+def or_intervals(parts):
+    """Union: all the parts' intervals side by side."""
+
+    def intervals(q):
+        import torch
+
+        bounds = [part(q) for part in parts]
+        shape = torch.broadcast_shapes(*(b.shape[:-1] for pair in bounds for b in pair))
+        return tuple(torch.cat([pair[i].expand(*shape, pair[i].shape[-1]) for pair in bounds], -1) for i in (0, 1))
+
+    return intervals
 
 
 def not_mask(mask_mod: MaskMod) -> MaskMod:
@@ -171,6 +210,14 @@ class CompositeStrategy(Strategy):
     def check_model(self, num_layers: int, num_heads: int) -> None:
         for child in self.children:
             child.check_model(num_layers, num_heads)
+
+    def key_intervals(self, **inputs: Any):
+        if self.op == "not":
+            return None
+        parts = [child.key_intervals(**inputs) for child in self.children]
+        if any(part is None for part in parts):
+            return None
+        return and_intervals(parts) if self.op == "and" else or_intervals(parts)
 
     def cache_bounds(self) -> tuple[int, int] | None:
         # An intersection sees no more than any of its parts, so any bounded part bounds it.

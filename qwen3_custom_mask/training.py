@@ -6,7 +6,8 @@ remove_unused_columns=True keeps it) or ``prompt_length``. Labels follow transfo
 shifted inside the model's loss, -100 = ignored.
 
 * causal_lm       right-padded rows, labels = input_ids (-100 on the prompt when its length is given)
-* causal_lm+pack  `PackingCollator` (packing.py) for the ``document`` strategy
+* causal_lm+pack  rows packed ahead of training across the dataset (`pack_dataset`, best-fit decreasing) for
+                  the ``document`` strategy; the collator only stacks them
 * prefix_lm_sft   as causal_lm, plus ``prefix_lengths`` = prompt lengths for the ``prefix_lm`` strategy
 * mntp            LLM2Vec's masked next-token prediction: a random ``mask_probability`` of the tokens is
                   replaced by ``mask_token_id`` and only those are labelled (predicted from the position
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .packing import IGNORE_INDEX, QWEN3_PAD, PackingCollator
+from transformers import default_data_collator
+
+from .packing import IGNORE_INDEX, QWEN3_PAD, pack_examples
 
 OBJECTIVES = ("causal_lm", "prefix_lm_sft", "mntp")
 
@@ -96,14 +99,36 @@ class MNTPCollator:
         return batch
 
 
+def pack_dataset(dataset, max_length: int, pad_token_id: int):
+    """A tokenized ``datasets.Dataset`` packed ahead of training, across the whole dataset (best-fit decreasing):
+    rows of ``max_length`` tokens with input_ids, labels, position_ids, document_ids, attention_mask."""
+    return dataset.map(pack_examples, batched=True, batch_size=None, remove_columns=dataset.column_names, desc="packing",
+                       fn_kwargs={"max_length": max_length, "pad_token_id": pad_token_id})
+
+
+@dataclass
+class CountingCollator:
+    """Wraps a collator and counts the real (attention_mask 1) and total tokens it hands to training."""
+
+    collator: object
+    real: int = 0
+    total: int = 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        self.real += int(batch["attention_mask"].sum())
+        self.total += batch["attention_mask"].numel()
+        return batch
+
+
 def collator_for(objective: str, *, pack: bool, max_length: int, pad_token_id: int, mask_token_id: int | None = None, mask_probability: float = 0.2):
     """The collator of an objective (see the module docstring)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown training objective {objective!r}; known: {', '.join(OBJECTIVES)}.")
     if pack and objective != "causal_lm":
         raise ValueError(f"Packing works with the causal_lm objective and the 'document' strategy, not {objective!r}.")
-    if pack:
-        return PackingCollator(max_length=max_length, pad_token_id=pad_token_id)
+    if pack:  # rows packed ahead of training (pack_dataset): they only need stacking
+        return default_data_collator
     if objective == "prefix_lm_sft":
         return PrefixLMCollator(pad_token_id, max_length)
     if objective == "mntp":

@@ -1,116 +1,94 @@
-"""Training throughput and memory: packed rows + the `document` strategy against padded batches.
+"""Packed vs unpacked fine-tuning, measured on exactly what scripts/finetune.py runs with its defaults.
 
-    python scripts/bench_packing.py                    # CPU defaults (a few minutes on 2 cores)
-    python scripts/bench_packing.py --device cuda --layers 8 --max-length 4096 --dtype bfloat16
+    python scripts/bench_packing.py                    # CPU: a few minutes on 2 cores
+    python scripts/bench_packing.py --layers 8 --examples 2000 --extra "--bf16"     # on a GPU
 
-Both runs train the same Qwen3-0.6B-shaped model (hidden 1024, 16 heads, 8 KV heads, head_dim 128; few layers,
-reduced vocabulary on CPU) on the same examples, whose lengths follow a long-tailed (log-normal) distribution,
-for the same number of real tokens. Padded: batches of --batch-size examples padded to their longest.
-Packed: rows of --max-length tokens, several examples each, `document` mask. Each run happens in a fresh
-subprocess so peak memory is its own. Printed: real (non-pad) training tokens/s, peak memory, and the ratios.
+Both runs are `scripts/finetune.py` in a fresh process (so peak memory is its own) on the same model and the
+same pre-tokenized examples, whose lengths follow a long-tailed (log-normal) distribution, for one epoch:
+
+* packed:   --recipe configs/packed_sft.yaml (the `document` strategy; rows of the recipe's max_length, 2048,
+            packed ahead of training across the dataset with best-fit decreasing), default --batch-size 8;
+* unpacked: the same recipe with --no-pack --strategy causal: batches of 8 examples padded to their longest.
+
+The model is Qwen3-0.6B-shaped (hidden 1024, 16 heads, 8 KV heads, head_dim 128) with --layers layers and a
+--vocab vocabulary, saved with save_pretrained and loaded back by the script. Printed: real (non-padding) tokens
+trained per second, the padding share, peak memory, as finetune.py logs them, and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import re
 import subprocess
 import sys
-import time
+import tempfile
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parent.parent
+TOKENS = re.compile(r"tokens: (\d+) real of (\d+) \(([\d.]+)% padding\) in ([\d.]+) s: (\d+) real tokens/s; peak memory (\d+) MiB")
 
 
-def lengths(n: int, max_length: int, seed: int) -> list[int]:
+def make_data(path: Path, examples: int, vocab: int, max_length: int, seed: int) -> int:
+    import torch
+
     g = torch.Generator().manual_seed(seed)
-    drawn = torch.empty(n).log_normal_(mean=5.0, std=0.9, generator=g)  # median ~150 tokens, long tail
-    return drawn.clamp(16, max_length).long().tolist()
+    lengths = torch.empty(examples).log_normal_(mean=5.0, std=0.9, generator=g).clamp(16, max_length).long().tolist()
+    with path.open("w") as f:
+        for n in lengths:
+            f.write(json.dumps({"input_ids": torch.randint(0, vocab, (n,), generator=g).tolist()}) + "\n")
+    return sum(lengths)
 
 
-def worker(args) -> dict:
-    from qwen3_custom_mask import CustomQwen3ForCausalLM
-    from qwen3_custom_mask.packing import PackingCollator, pad_examples
+def make_model(path: Path, layers: int, vocab: int) -> None:
+    import torch
+    from transformers import Qwen3ForCausalLM
+
     from qwen3_custom_mask.tiny import tiny_qwen3_config
 
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    config = tiny_qwen3_config(
-        hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-        num_hidden_layers=args.layers, vocab_size=args.vocab, initializer_range=0.02, max_position_embeddings=40960,
-    )
-    config._attn_implementation = args.attn
-    model = CustomQwen3ForCausalLM(config).to(device=device, dtype=dtype).train()
-    model.set_mask_strategy("document" if args.mode == "packed" else "causal")
-    model.config.use_cache = False
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    g = torch.Generator().manual_seed(1)
-    examples = [{"input_ids": torch.randint(0, args.vocab, (n,), generator=g).tolist()} for n in lengths(args.examples, args.max_length, 2)]
-    if args.mode == "packed":
-        batches = [PackingCollator(max_length=args.max_length, pad_token_id=0)(examples[i : i + args.pack_examples])
-                   for i in range(0, len(examples), args.pack_examples)]
-    else:
-        batches = [pad_examples(examples[i : i + args.batch_size], pad_token_id=0) for i in range(0, len(examples), args.batch_size)]
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    def step(batch):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step(batches[0])  # warm-up (allocations, kernels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    real_tokens = padded_tokens = 0
-    for batch in batches:
-        step(batch)
-        real_tokens += int(batch["attention_mask"].sum())
-        padded_tokens += batch["input_ids"].numel()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024 + 0.0  # KiB -> MiB, growth while training
-    seconds = time.perf_counter() - start
-    return {"mode": args.mode, "tokens_per_s": real_tokens / seconds, "peak_mib": peak, "steps": len(batches),
-            "real_tokens": real_tokens, "slots": padded_tokens, "seconds": seconds}
+    config = tiny_qwen3_config(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
+                               head_dim=128, num_hidden_layers=layers, vocab_size=vocab, initializer_range=0.02,
+                               max_position_embeddings=40960, bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    Qwen3ForCausalLM(config).save_pretrained(path)
 
 
-def main():
+def run(mode: str, model: Path, data: Path, out: Path, extra: list[str]) -> dict:
+    args = [sys.executable, str(ROOT / "scripts" / "finetune.py"), "--model", str(model), "--data", str(data),
+            "--recipe", str(ROOT / "configs" / "packed_sft.yaml"), "--epochs", "1", "--lr", "1e-5", "--logging-steps", "1000",
+            "--output-dir", str(out / mode), *extra]
+    if mode == "unpacked":
+        args += ["--no-pack", "--strategy", "causal"]
+    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} run failed:\n{proc.stderr[-3000:]}")
+    real, total, padding, seconds, per_second, peak = TOKENS.search(proc.stderr).groups()
+    return dict(real=int(real), total=int(total), padding=float(padding), seconds=float(seconds), per_second=int(per_second), peak=int(peak))
+
+
+def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--attn", default="sdpa", help="sdpa or eager (flex_attention on CUDA)")
+    parser.add_argument("--examples", type=int, default=240)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--examples", type=int, default=96)
-    parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=8, help="padded: examples per batch")
-    parser.add_argument("--pack-examples", type=int, default=24, help="packed: examples per collator call")
-    parser.add_argument("--mode", choices=["packed", "padded"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.mode:
-        print(json.dumps(worker(args)))
-        return
-    results = {}
-    for mode in ("padded", "packed"):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results[mode] = json.loads(out.strip().splitlines()[-1])
-    ls = lengths(args.examples, args.max_length, 2)
-    print(f"{args.examples} examples, lengths median {sorted(ls)[len(ls) // 2]}, max {max(ls)} (log-normal); "
-          f"{args.layers} layers, hidden 1024, vocab {args.vocab}, {args.attn}, {args.dtype}, {args.device}")
-    print(f"{'mode':<8}{'steps':>7}{'pad share':>11}{'tokens/s':>11}{'peak MiB':>11}")
-    for mode, r in results.items():
-        print(f"{mode:<8}{r['steps']:>7}{1 - r['real_tokens'] / r['slots']:>10.0%}{r['tokens_per_s']:>11.0f}{r['peak_mib']:>11.0f}")
-    p, q = results["packed"], results["padded"]
-    print(f"packed/padded: throughput x{p['tokens_per_s'] / q['tokens_per_s']:.2f}, peak memory x{p['peak_mib'] / max(q['peak_mib'], 1e-9):.2f}")
+    parser.add_argument("--extra", default="--cpu", help="more scripts/finetune.py arguments, e.g. \"--cpu\" or \"--bf16\"")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tokens = make_data(tmp / "train.jsonl", args.examples, args.vocab, 2048, seed=2)
+        make_model(tmp / "model", args.layers, args.vocab)
+        runs = {mode: run(mode, tmp / "model", tmp / "train.jsonl", tmp, args.extra.split()) for mode in ("unpacked", "packed")}
+    lines = [f"{args.examples} examples, {tokens} tokens (log-normal lengths, median ~150, max 2048); Qwen3-0.6B-shaped, "
+             f"{args.layers} layers, vocab {args.vocab}; scripts/finetune.py defaults (batch 8; packed rows of 2048); {args.extra}", "",
+             "| run | real tokens | trained tokens | padding | seconds | real tokens/s | peak memory |", "|---|---|---|---|---|---|---|"]
+    for mode, r in runs.items():
+        lines.append(f"| {mode} | {r['real']} | {r['total']} | {r['padding']:.1f}% | {r['seconds']:.1f} | {r['per_second']} | {r['peak']} MiB |")
+    speedup = runs["packed"]["per_second"] / runs["unpacked"]["per_second"]
+    lines += ["", f"packed / unpacked: {speedup:.2f}x real tokens/s, {runs['packed']['peak'] / runs['unpacked']['peak']:.2f}x peak memory"]
+    table = "\n".join(lines)
+    print(table)
+    return table
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def test_flash_refuses_what_it_cannot_express(flash_model):
     [
         ({"name": "attention_sinks", "sinks": 1, "window": 4}, "attention_sinks"),
         ({"name": "chunked", "chunk_size": 4}, "chunked"),
-        ("document", "document"),
+        ({"and": ["document", {"name": "sliding_window", "window": 3}]}, "and"),
         ("tree", "tree"),
         ({"name": "sliding_window", "window": [2, 2, 3, 3]}, "sliding_window"),
         ({"and": ["causal", "bidirectional"]}, "and"),
@@ -197,3 +197,46 @@ def test_documents_from_restarting_position_ids_even_with_a_cache_and_all_ones_m
         alone = model(ids[:, 4:7], document_ids=torch.zeros(1, 3, dtype=torch.long)).logits
     torch.testing.assert_close(packed, explicit, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed[:, 4:7], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_flash_runs_packed_documents_through_varlen(flash_model):
+    """What reaches flash-attention for packed documents: cu_seq_lens that start at every document, padding run
+    and row (over the flattened batch), as stock transformers feeds packed sequences; a decode step gets a 2D
+    mask of its own document's keys."""
+    from transformers import DynamicCache
+
+    flash_model.set_mask_strategy("document")
+    ids = torch.randint(0, 250, (2, 8))
+    docs = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2], [0, 0, 1, 1, 1, 1, -1, -1]])
+    padding = torch.tensor([[1] * 8, [1] * 6 + [0] * 2])
+    masks, _ = flash_model.model.attention_masks(ids, padding, document_ids=docs)
+    mask, kwargs = layer_mask(masks, 0)
+    assert mask is None and kwargs["is_causal"] is True
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 8, 10, 14, 16]  # row 1: docs at 8, 10; padding at 14
+    assert kwargs["cu_seq_lens_k"] is kwargs["cu_seq_lens_q"] and kwargs["max_length_q"] == 4 == kwargs["max_length_k"]
+
+    flash_model.set_mask_strategy({"name": "document", "causal": False})
+    masks, _ = flash_model.model.attention_masks(ids[:1], None, document_ids=docs[:1])
+    assert layer_mask(masks, 1)[1]["is_causal"] is False
+
+    flash_model.set_mask_strategy("document")  # decoding: the new token's document only
+    cache = DynamicCache(config=flash_model.config)
+    for layer in range(2):
+        cache.update(torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16), layer)
+    step = torch.cat([docs[:1], docs[:1, -1:]], 1)
+    masks, _ = flash_model.model.attention_masks(ids[:1, :1], torch.ones(1, 9, dtype=torch.long), cache, document_ids=step)
+    mask, kwargs = layer_mask(masks, 0)
+    assert mask.tolist() == [[False] * 5 + [True] * 4] and kwargs == {"is_causal": True}
+
+
+@pytest.mark.parametrize(
+    "docs,padding,match",
+    [
+        (torch.tensor([[0, 0, 1, 1, 0, 0, 2, 2]]), torch.ones(1, 8, dtype=torch.long), "contiguous"),
+        (torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]]), torch.tensor([[1, 1, 0, 1, 1, 1, 1, 1]]), "padding at the ends"),
+    ],
+)
+def test_flash_refuses_documents_it_cannot_run_as_varlen(flash_model, docs, padding, match):
+    flash_model.set_mask_strategy("document")
+    with pytest.raises(ValueError, match=match):
+        flash_model.model.attention_masks(torch.randint(0, 250, (1, 8)), padding, document_ids=docs)

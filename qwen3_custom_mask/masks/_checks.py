@@ -50,6 +50,12 @@ def first_real_token(padding_mask: torch.Tensor | None) -> torch.Tensor | int:
     return padding_mask.int().argmax(-1)
 
 
+def row_starts(padding_mask):
+    """(batch, 1, 1) first real token of each row (0 without a padding mask), shaped for interval functions."""
+    start = first_real_token(padding_mask)
+    return start.view(-1, 1, 1) if hasattr(start, "view") else start
+
+
 def at_batch(value, batch_idx):
     """``value[batch_idx]`` for per-row tensors, ``value`` for plain numbers."""
     import torch

@@ -14,7 +14,14 @@ unless ``use_cache=False``.
 from ..registry import register_mask
 
 
-@register_mask("bidirectional", flash=lambda: {"is_causal": False})
+EVERY_KEY = 2**62
+
+
+def _intervals():
+    return lambda q: (q * 0, q * 0 + EVERY_KEY)
+
+
+@register_mask("bidirectional", flash=lambda: {"is_causal": False}, intervals=_intervals)
 def bidirectional():
     """Every token attends to every non-padding token (encoder / embedding use)."""
     from transformers.masking_utils import bidirectional_mask_function

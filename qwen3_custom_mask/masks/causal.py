@@ -11,7 +11,11 @@
 from ..registry import register_mask
 
 
-@register_mask("causal", flash=lambda: {})
+def _intervals():
+    return lambda q: (q * 0, q + 1)
+
+
+@register_mask("causal", flash=lambda: {}, intervals=_intervals)
 def causal():
     """Each token attends to itself and all earlier tokens (stock Qwen3)."""
     from transformers.masking_utils import causal_mask_function

@@ -12,11 +12,16 @@
 Chunks are counted from each row's first real token, so left padding does not move the boundaries.
 """
 
-from ._checks import at_batch, first_real_token, positive_int
+from ._checks import at_batch, first_real_token, positive_int, row_starts
 from ..registry import register_mask
 
 
-@register_mask("chunked", cache_bounds=lambda chunk_size: (0, chunk_size - 1))
+def _intervals(chunk_size=8192, padding_mask=None):
+    start = row_starts(padding_mask)
+    return lambda q: (start + (q - start).div(chunk_size, rounding_mode="floor") * chunk_size, q + 1)
+
+
+@register_mask("chunked", cache_bounds=lambda chunk_size: (0, chunk_size - 1), intervals=_intervals)
 def chunked(chunk_size: int = 8192, padding_mask=None):
     """Causal attention within consecutive chunks of `chunk_size` tokens (Llama-4 style)."""
     positive_int("chunked", "chunk_size", chunk_size)

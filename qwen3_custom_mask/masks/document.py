@@ -77,7 +77,37 @@ def document_positions(document_ids=None, padding_mask=None, sequence_length=Non
     return (count - before_doc - 1).clamp(min=0)
 
 
-@register_mask("document", inputs=("document_ids",), positions=document_positions)
+def _intervals(causal=True, document_ids=None, position_ids=None, padding_mask=None, sequence_length=None):
+    """Each query sees its own document, [its first token, the query] (or the document's end): exact when every
+    document's tokens are contiguous (packed rows); None otherwise (the generic path)."""
+    import torch
+
+    if padding_mask is None:
+        return None
+    ids = document_ids_of(document_ids, position_ids, padding_mask, sequence_length)
+    batch, total = ids.shape
+    index = torch.arange(total, device=ids.device).expand(batch, total)
+    new_run = torch.ones_like(ids, dtype=torch.bool)
+    new_run[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    distinct = torch.ones_like(new_run)
+    distinct[:, 1:] = ids.sort(-1).values.diff(dim=-1) != 0
+    if (new_run.sum(-1) != distinct.sum(-1)).any():
+        return None  # an id in several runs: one document, not contiguous
+    run_start = torch.where(new_run, index, 0).cummax(-1).values
+    ends_here = torch.ones_like(new_run)
+    ends_here[:, :-1] = new_run[:, 1:]
+    run_end = torch.where(ends_here, index + 1, total).flip(-1).cummin(-1).values.flip(-1)
+
+    def intervals(q):
+        at = q.view(1, -1).clamp(0, total - 1).expand(batch, -1)
+        lo = run_start.gather(1, at).unsqueeze(-1)
+        return lo, (q + 1 if causal else run_end.gather(1, at).unsqueeze(-1))
+
+    return intervals
+
+
+@register_mask("document", inputs=("document_ids",), positions=document_positions, intervals=_intervals,
+               flash=lambda causal=True: {"is_causal": causal, "documents": True})
 def document(causal: bool = True, document_ids=None, position_ids=None, padding_mask=None, sequence_length=None):
     """Packed documents: attention stays inside each document (causal, or bidirectional with causal=False)."""
     if not isinstance(causal, bool):

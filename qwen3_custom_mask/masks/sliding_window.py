@@ -29,7 +29,13 @@ def _bounds(window):
     return (0, (window if isinstance(window, int) else max(window)) - 1)
 
 
-@register_mask("sliding_window", flash=_flash, cache_bounds=_bounds)
+def _intervals(window=4096, num_heads=None, padding_mask=None):
+    if not isinstance(window, int):
+        return None  # one window per head: the generic path
+    return lambda q: (q - window + 1, q + 1)
+
+
+@register_mask("sliding_window", flash=_flash, cache_bounds=_bounds, intervals=_intervals)
 def sliding_window(window: int | list = 4096, num_heads: int | None = None, padding_mask=None):
     """Causal attention limited to the last `window` tokens (the query included); a list sets one per head."""
     import torch
