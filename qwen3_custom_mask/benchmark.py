@@ -240,6 +240,67 @@ def compiled_decode(args) -> list[dict]:
 
 
 @torch.no_grad()
+def block_mask_costs(args) -> dict:
+    """flex_attention's BlockMask: built from the strategy's structure vs from the whole (Q, K) grid, against the
+    attention it serves; a decode step's mask; flex decode (static cache) tokens/s against stock sdpa decode."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from .lowering import block_mask
+    from .strategy import resolve_strategy
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    cases = {
+        "sliding_window(1024)": ({"name": "sliding_window", "window": 1024}, lambda n: {}),
+        "document(16 docs)": ("document", lambda n: {"document_ids": documents(n, 16, device)}),
+    }
+    builds = []
+    for length in args.block_lengths:
+        padding = torch.ones(1, length, dtype=torch.bool, device=device)
+        q = torch.randn(1, 16, length, 128, device=device, dtype=dtype)
+        k, v = torch.randn_like(q), torch.randn_like(q)
+        for name, (spec, make_inputs) in cases.items():
+            strategy = resolve_strategy(spec)
+            context = dict(make_inputs(length), padding_mask=padding, num_heads=16)
+            mask_mod, intervals = strategy.mask_mod(**context), strategy.key_intervals(**context)
+            window = dict(batch_size=1, num_heads=16, q_offset=0, q_length=length, kv_offset=0, kv_length=length,
+                          padding_mask=padding, device=device)
+            direct = timed(lambda: block_mask(mask_mod, intervals=intervals, **window), device, args.repeats)
+            grid = timed(lambda: block_mask(mask_mod, **window), device, args.repeats) if length <= args.grid_limit else None
+            built = block_mask(mask_mod, intervals=intervals, **window)
+            attention = timed(lambda: compiled(q, k, v, block_mask=built), device, max(1, args.repeats // 2))
+            decode_window = dict(window, q_offset=length - 1, q_length=1)
+            step = timed(lambda: block_mask(mask_mod, intervals=intervals, **decode_window), device, args.repeats)
+            step_grid = timed(lambda: block_mask(mask_mod, **decode_window), device, args.repeats)
+            builds.append(dict(length=length, name=name, direct=direct, grid=grid, attention=attention, step=step, step_grid=step_grid))
+            logger.info("block masks %s %d: build %.2f ms, attention %.1f ms", name, length, direct[0] * 1e3, attention[0] * 1e3)
+    return {"builds": builds, "decode": flex_decode(args)}
+
+
+@torch.no_grad()
+def flex_decode(args) -> list[dict]:
+    """Greedy decode tokens/s: flex_attention with a static cache (one kernel shape, a BlockMask per step built
+    from the structure) against stock with sdpa (dynamic cache), after a prompt of --decode-context tokens."""
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    stock, _ = build_models(args, "sdpa", device, dtype)
+    _, custom = build_models(args, "flex_attention", device, dtype)
+    prompt = torch.randint(0, args.vocab, (1, args.decode_context), device=device)
+    new = args.decode_new_tokens
+    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    rows = []
+    for name, (spec, make_inputs) in {"sliding_window(1024)": ({"name": "sliding_window", "window": 1024}, lambda n: {}),
+                                     "document(16 docs)": ("document", lambda n: {"document_ids": documents(n, 16, device)})}.items():
+        custom.set_mask_strategy(spec)
+        inputs = make_inputs(args.decode_context)
+        ours, base = timed_pair(lambda: custom.generate(prompt, cache_implementation="static", **kwargs, **inputs),
+                                lambda: stock.generate(prompt, **kwargs), device, 2)
+        rows.append(dict(name=name, tokens_per_s=new / ours[0], stock_tokens_per_s=new / base[0], ratio=base[0] / ours[0]))
+    return rows
+
+
+@torch.no_grad()
 def attention_sparsity(args) -> list[dict]:
     """flex_attention (BlockMask) vs sdpa with the dense mask vs the ideal (sdpa on unmasked blocks only)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -278,6 +339,21 @@ def attention_sparsity(args) -> list[dict]:
         ideal_t = timed(ideal, device, args.repeats)
         rows.append(dict(name=name, flex=flex_t, dense=dense_t, ideal=ideal_t, density=dense.float().mean().item()))
     return rows
+
+
+def markdown_blocks(costs, args) -> list[str]:
+    ms = lambda t: f"{t[0] * 1e3:.2f}" if t else "-"  # noqa: E731
+    lines = ["", "flex_attention BlockMask construction (1 x 16 heads x L x 128, ms; median):", "",
+             "| mask | tokens | build from structure | build from the grid | flex attention | build / attention | decode-step mask (structure / grid) |",
+             "|---|---|---|---|---|---|---|"]
+    for b in costs["builds"]:
+        lines.append(f"| {b['name']} | {b['length']} | {ms(b['direct'])} | {ms(b['grid'])} | {ms(b['attention'])} | "
+                     f"{b['direct'][0] / b['attention'][0]:.4f} | {ms(b['step'])} / {ms(b['step_grid'])} |")
+    lines += ["", f"Decode ({args.decode_context}-token prompt, {args.decode_new_tokens} new tokens, batch 1): flex_attention with a "
+              f"static cache vs stock sdpa:", "", "| strategy | flex tokens/s | stock sdpa tokens/s | ratio |", "|---|---|---|---|"]
+    for d in costs["decode"]:
+        lines.append(f"| {d['name']} | {d['tokens_per_s']:.1f} | {d['stock_tokens_per_s']:.1f} | {d['ratio']:.3f} |")
+    return lines
 
 
 def markdown(rows, sparse, args, device_name, compiled=()) -> str:
@@ -326,7 +402,11 @@ def parse_args(argv=None):
     parser.add_argument("--sparse-length", type=int, default=4096)
     parser.add_argument("--no-sparse", action="store_true", help="skip the flex sparsity comparison")
     parser.add_argument("--no-compiled", action="store_true", help="skip the compiled static-cache decode comparison")
-    parser.add_argument("--only-compiled", action="store_true", help="run only the compiled static-cache decode comparison")
+    parser.add_argument("--only", choices=["prefill", "compiled", "block-masks"], help="run one section only")
+    parser.add_argument("--block-lengths", type=int, nargs="+", default=[2048, 8192, 32768])
+    parser.add_argument("--grid-limit", type=int, default=8192, help="longest length whose grid-built BlockMask is timed")
+    parser.add_argument("--decode-context", type=int, default=1024)
+    parser.add_argument("--decode-new-tokens", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="lengths 128/256, 8 new tokens, 2 repeats, sparsity at 512")
     parser.add_argument("--markdown", help="write the Markdown tables to this file")
     args = parser.parse_args(argv)
@@ -348,13 +428,16 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    compiled = [] if args.no_compiled else compiled_decode(args)
-    if args.only_compiled:
-        sparse, rows = [], []
-    else:
+    wanted = lambda section: args.only in (None, section)  # noqa: E731
+    compiled = compiled_decode(args) if wanted("compiled") and not args.no_compiled else []
+    blocks = block_mask_costs(args) if args.only == "block-masks" else None  # long on CPU: asked for by name
+    rows, sparse = [], []
+    if wanted("prefill"):
         sparse = [] if args.no_sparse or "flex_attention" not in args.backends else attention_sparsity(args)
         rows = run(args)
     table = markdown(rows, sparse, args, device_name, compiled)
+    if blocks:
+        table += "\n" + "\n".join(markdown_blocks(blocks, args))
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
