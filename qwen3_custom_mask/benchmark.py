@@ -359,18 +359,19 @@ def markdown_blocks(costs, args) -> list[str]:
 def markdown(rows, sparse, args, device_name, compiled=()) -> str:
     lines = [f"Machine: {device_name}; torch {torch.__version__}; Qwen3-0.6B-shaped (hidden 1024, 16 heads, 8 KV heads, "
              f"head_dim 128), {args.layers} layers, vocab {args.vocab}, {args.dtype}; median (min-max) of {args.repeats} runs.", ""]
-    lines += ["| backend | tokens | strategy | prefill ms | vs | ratio | mask build ms | mask bytes | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["kind"] != "prefill":
-            continue
-        build = f"{r['build'][0] * 1e3:.2f}" if r.get("build") else "-"
-        lines.append(f"| {r['backend']} | {r['length']} | {r['strategy']} | {fmt(r['time'])} | {r.get('versus', '-')} | "
-                     f"{r['ratio']:.3f} | {build} | {r['mask_bytes']:,} | {r['peak']:.0f} |")
-    lines += ["", "| backend | batch | model | decode tokens/s | ratio vs stock |", "|---|---|---|---|---|"]
-    for r in rows:
-        if r["kind"] == "decode":
-            ratio = f"{r['ratio']:.3f}" if "ratio" in r else "1.000"
-            lines.append(f"| {r['backend']} | {r['batch']} | {r['strategy']} | {r['tokens_per_s']:.1f} | {ratio} |")
+    if rows:  # empty when one other section was asked for (--only)
+        lines += ["| backend | tokens | strategy | prefill ms | vs | ratio | mask build ms | mask bytes | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["kind"] != "prefill":
+                continue
+            build = f"{r['build'][0] * 1e3:.2f}" if r.get("build") else "-"
+            lines.append(f"| {r['backend']} | {r['length']} | {r['strategy']} | {fmt(r['time'])} | {r.get('versus', '-')} | "
+                         f"{r['ratio']:.3f} | {build} | {r['mask_bytes']:,} | {r['peak']:.0f} |")
+        lines += ["", "| backend | batch | model | decode tokens/s | ratio vs stock |", "|---|---|---|---|---|"]
+        for r in rows:
+            if r["kind"] == "decode":
+                ratio = f"{r['ratio']:.3f}" if "ratio" in r else "1.000"
+                lines.append(f"| {r['backend']} | {r['batch']} | {r['strategy']} | {r['tokens_per_s']:.1f} | {ratio} |")
     if compiled:
         lines += ["", f"Compiled static-cache decode (sdpa, generate() with cache_implementation='static' and a fullgraph "
                   f"CompileConfig; prompt 32, {args.new_tokens} new tokens):", "",
