@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch.nn.attention.flex_attention import create_block_mask
+from transformers import StaticCache
 
 from qwen3_custom_mask import resolve_strategy
 from qwen3_custom_mask.lowering import BLOCK, block_mask
@@ -73,3 +74,28 @@ def test_user_masks_and_per_head_windows_keep_the_grid_path():
     interleaved = torch.tensor([[0, 0, 1, 1, 0, 0]])  # document 0 in two pieces: not intervals
     assert resolve_strategy("document").key_intervals(document_ids=interleaved, padding_mask=torch.ones(1, 6, dtype=torch.bool)) is None
     assert BLOCK == 128
+
+
+@pytest.mark.parametrize("spec,inputs", [({"name": "sliding_window", "window": 5}, {}),
+                                         ("document", {"document_ids": torch.tensor([[0] * 6 + [1] * 6, [0] * 4 + [1] * 8])}),
+                                         ({"name": "attention_sinks", "sinks": 2, "window": 4}, {})], ids=["sliding_window", "document", "attention_sinks"])
+@torch.no_grad()
+def test_flex_static_cache_decode_builds_no_grid_and_compiles_once(monkeypatch, model_for, spec, inputs):
+    """Each flex decode step takes its row's blocks from the structure (no create_block_mask) and, the shapes of
+    a static cache never changing, runs the kernel compiled at the first step: no recompilation per step."""
+    from torch._dynamo.utils import counters
+
+    from conftest import left_padded
+
+    ids, mask, _ = left_padded()
+    kwargs = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=255, **inputs)
+    expected = model_for("sdpa", spec).generate(ids, **kwargs)
+    model = model_for("flex_attention", spec)
+    cache = lambda: StaticCache(config=model.config, max_cache_len=32)  # noqa: E731  (one shape for both runs)
+    model.generate(ids, past_key_values=cache(), **dict(kwargs, max_new_tokens=2))  # compiles prefill and decode
+    calls, compiled = [], counters["stats"]["unique_graphs"]
+    monkeypatch.setattr("torch.nn.attention.flex_attention.create_block_mask",
+                        lambda *a, **k: calls.append(1) or create_block_mask(*a, **k))
+    assert torch.equal(model.generate(ids, past_key_values=cache(), **kwargs), expected)
+    assert not calls
+    assert counters["stats"]["unique_graphs"] == compiled
