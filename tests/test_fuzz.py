@@ -12,7 +12,9 @@ left/right-padded batch, then one of four paths:
 * verify_draft_tree: a random chain or tree holding the greedy path, under a cacheable strategy: the greedy
   tokens are accepted and the cache continues like plain decoding;
 * Trainer: one step with Trainer's default arguments (remove_unused_columns=True): loss and every gradient
-  equal the reference's.
+  equal the reference's;
+* flex blocks: a structured strategy's BlockMask built from its intervals (lengths up to 400, padding, any
+  query window) against create_block_mask over the grid: never a block wrongly skipped or wrongly full.
 
 The default profile is bounded and derandomized for CI; QWEN3_MASK_FUZZ=long runs 1000 cases over eager,
 sdpa and flex_attention (QWEN3_MASK_FUZZ_CASES overrides the count):
@@ -37,11 +39,13 @@ from strategies import expected_logits
 LONG = os.environ.get("QWEN3_MASK_FUZZ") == "long"
 TOTAL = int(os.environ.get("QWEN3_MASK_FUZZ_CASES", 1000 if LONG else 60))
 # Share of the cases per path (forward is cheapest and has the most dimensions).
-SHARES = {"forward": 0.45, "generate": 0.3, "verify": 0.1, "trainer": 0.15}
+SHARES = {"forward": 0.4, "generate": 0.3, "verify": 0.1, "trainer": 0.1, "blocks": 0.1}
 CASES = {path: max(1, round(TOTAL * share)) for path, share in SHARES.items()}
 BACKENDS = ["eager", "sdpa", "flex_attention"] if LONG else ["eager", "sdpa"]
 COUNTER = {"cases": 0, "start": time.perf_counter()}
 HEADS = 4
+if LONG:  # flex compiles per shape on CPU (static shapes); past the limit dynamo would fall back to the math path,
+    torch._dynamo.config.recompile_limit = 4096  # which ignores the BlockMask's block indices
 
 small = st.integers(1, 6)
 LEAVES = st.one_of(
@@ -333,6 +337,53 @@ def test_a_trainer_step_matches_the_reference(model_for, tmp_path_factory, spec,
     finally:
         model.zero_grad()
         model.eval()
+    counted()
+
+
+STRUCTURED = st.one_of(
+    st.just("causal"),
+    st.just("bidirectional"),
+    st.builds(lambda w: {"name": "sliding_window", "window": w}, st.integers(1, 300)),
+    st.builds(lambda c: {"name": "chunked", "chunk_size": c}, st.integers(1, 300)),
+    st.builds(lambda s, w: {"name": "attention_sinks", "sinks": s, "window": w}, st.integers(0, 200), st.integers(1, 300)),
+    st.just("prefix_lm"),
+    st.builds(lambda c: {"name": "document", "causal": c}, st.booleans()),
+)
+STRUCTURED_SPECS = st.recursive(STRUCTURED, lambda inner: st.one_of(
+    st.builds(lambda xs: {"and": xs}, st.lists(inner, min_size=1, max_size=3)),
+    st.builds(lambda xs: {"or": xs}, st.lists(inner, min_size=1, max_size=3))), max_leaves=3)
+
+
+@settings(max_examples=CASES["blocks"], **PROFILE)
+@given(spec=STRUCTURED_SPECS, data=st.data())
+def test_fuzz_flex_blocks_from_structure(spec, data):
+    from qwen3_custom_mask.lowering import block_mask
+
+    from test_block_masks import dense_blocks
+
+    batch, length = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 400))
+    padding = torch.ones(batch, length, dtype=torch.bool)
+    for row in range(batch):
+        pad = data.draw(st.integers(0, length - 1))
+        if data.draw(st.booleans()):
+            padding[row, :pad] = False
+        else:
+            padding[row, length - pad:] = False
+    starts = [sorted(data.draw(st.lists(st.integers(1, length), max_size=4))) for _ in range(batch)]
+    docs = torch.stack([torch.bucketize(torch.arange(length), torch.tensor(s, dtype=torch.long), right=True) for s in starts])
+    prefix = torch.tensor([data.draw(st.integers(0, int(real))) for real in padding.sum(-1)])  # inside each row
+    q_offset = data.draw(st.integers(0, length - 1))
+    q_length = data.draw(st.integers(1, length - q_offset))
+    strategy = resolve_strategy(spec)
+    context = dict(inputs_for(strategy, prefix, docs), padding_mask=padding, num_heads=HEADS)
+    mask_mod, intervals = strategy.mask_mod(**context), strategy.key_intervals(**context)
+    assert intervals is not None
+    window = dict(batch_size=batch, num_heads=HEADS, q_offset=q_offset, q_length=q_length, kv_offset=0,
+                  kv_length=length, padding_mask=padding, device="cpu")
+    (partial, full), (want_partial, want_full) = dense_blocks(block_mask(mask_mod, intervals=intervals, **window)), \
+        dense_blocks(block_mask(mask_mod, **window))
+    assert not (full & ~want_full).any(), "a block marked full has masked pairs"
+    assert ((partial | full) >= (want_partial | want_full)).all(), "a block with visible pairs was skipped"
     counted()
 
 
