@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+NOT_STARTED = torch.iinfo(torch.long).max  # a row with no real token yet: nothing of it is kept
+
 
 class BoundedLayer(DynamicLayer):
     """A `DynamicLayer` that keeps, per row, the first ``keep_first`` real positions and the last ``keep_last``."""
@@ -36,6 +38,10 @@ class BoundedLayer(DynamicLayer):
         self.keep_first, self.keep_last = keep_first, keep_last
         self.starts = starts.long()
         self.positions = torch.zeros(starts.shape[0], 0, dtype=torch.long, device=starts.device)
+
+    def learn_starts(self, starts: torch.Tensor) -> None:
+        """Rows whose real tokens had not begun (a chunked prefill's all-padding first chunk) take their start now."""
+        self.starts = torch.where(self.starts == NOT_STARTED, starts.to(self.starts.device), self.starts)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if self.keep_first is None:
@@ -99,11 +105,15 @@ class BoundedCache(Cache):
 
     def set_bounds(self, keep_first: int, keep_last: int, starts: torch.Tensor, num_layers: int) -> None:
         """Called by the model at prefill: per row, keep the first ``keep_first`` real positions (counted from
-        ``starts``, each row's first real token) and the last ``keep_last`` positions."""
+        ``starts``, each row's first real token, ``NOT_STARTED`` until it comes) and the last ``keep_last``."""
         while len(self.layers) < num_layers:
             self.layers.append(BoundedLayer())
         for layer in self.layers:
             layer.set_bounds(keep_first, keep_last, starts)
+
+    def learn_starts(self, starts: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.learn_starts(starts)
 
     def kv_positions(self, query_length: int, layer_idx: int = 0) -> torch.Tensor:
         return self.layers[layer_idx].kv_positions(query_length)

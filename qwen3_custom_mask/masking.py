@@ -34,7 +34,7 @@ from transformers.masking_utils import (
     create_sliding_window_causal_mask,
 )
 
-from .cache import BoundedCache
+from .cache import NOT_STARTED, BoundedCache
 from .lowering import FLASH_BACKENDS, lower
 from .strategy import and_intervals
 from .masks._checks import first_real_token
@@ -287,7 +287,9 @@ def flash_documents(intervals, causal: bool, keys: torch.Tensor, call: dict, kv_
 
 def bound_cache(body, cache: BoundedCache, padding: torch.Tensor, user_mask: bool) -> None:
     """At prefill, tells a BoundedCache which positions the strategy can still show a future query."""
+    starts = torch.where(padding.any(-1), first_real_token(padding), NOT_STARTED)
     if cache.is_configured:
+        cache.learn_starts(starts)  # a chunked prefill may reach a row's first real token only now
         return
     backend = body.config._attn_implementation
     strategy = body.mask_strategy
@@ -304,4 +306,4 @@ def bound_cache(body, cache: BoundedCache, padding: torch.Tensor, user_mask: boo
             f"or use a DynamicCache."
         )
     first, last = bounds
-    cache.set_bounds(first, last, starts=first_real_token(padding), num_layers=len(body.layers))
+    cache.set_bounds(first, last, starts=starts, num_layers=len(body.layers))

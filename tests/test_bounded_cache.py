@@ -48,3 +48,19 @@ def test_bounded_cache_cannot_be_cropped(model_for):
     model(torch.tensor([[1, 2, 3, 4, 5, 6]]), past_key_values=cache)
     with pytest.raises(NotImplementedError, match="cannot be cropped"):
         cache.crop(-1)
+
+
+@pytest.mark.parametrize("case", ["attention_sinks", "chunked"])
+@torch.no_grad()
+def test_chunked_prefill_whose_first_chunk_is_all_padding(model_for, case):
+    """A row's sinks (chunks) count from its first real token even when the first prefill chunk holds only
+    its left padding: the cache learns the row's start when the token comes, and stores no padding."""
+    ids, mask, _ = left_padded(length=9, pads=(4, 0))
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=255)
+    model = model_for("sdpa", BOUNDED[case])
+    expected = model.generate(ids, past_key_values=DynamicCache(), **kwargs)
+    cache = BoundedCache()
+    assert torch.equal(model.generate(ids, past_key_values=cache, prefill_chunk_size=4, **kwargs), expected)
+    assert cache.layers[0].starts.tolist() == [4, 0]
+    kept = cache.layers[0].positions[0]
+    assert (kept[kept >= 0] >= 4).all()  # no padding slot
