@@ -228,6 +228,27 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
     return {layer_type: masks for layer_type in sizes}, position_ids
 
 
+def lower_dense_masks(body, dense: dict[int, torch.Tensor], cache, dtype, device) -> dict:
+    """Per-layer bool masks (B, 1|H, Q, cached + Q) that already say everything a layer may see (a sliding
+    layer's window included, measured at the queries' true positions), lowered for the backend as one ready
+    ``{layer_type: LayerMasks}`` for forward(). verify_draft_tree needs it: a draft sits at its depth, not
+    at its index in the tree, so the body's sliding-layer window over contiguous rows would be wrong."""
+    config, backend = body.config, body.config._attn_implementation
+    if backend in FLASH_BACKENDS:
+        raise ValueError(flash_error("4D attention_mask", backend))
+    batch_size, _, q_length, _ = next(iter(dense.values())).shape
+    q_offset = cache.get_seq_length()
+    sizes = _layer_sizes(config, cache, q_length)
+    total = max(offset + length for offset, length in sizes.values())
+    call = dict(batch_size=batch_size, num_heads=config.num_attention_heads, q_offset=q_offset, q_length=q_length,
+                padding_mask=padding_mask(None, batch_size, q_offset + q_length, total, device), device=device)
+    masks = LayerMasks()
+    for idx, mask in dense.items():
+        kv_offset, kv_length = sizes[config.layer_types[idx]]
+        masks[idx] = (lower(backend, user_mask(mask, row_offset=q_offset), dtype=dtype, kv_offset=kv_offset, kv_length=kv_length, **call), {})
+    return {layer_type: masks for layer_type in sizes}
+
+
 def _lower(body, backend, mask_mod, form, intervals, layer_type, padding, dtype, call, kv_offset, kv_length):
     """One mask_mod for the layers of one type: ``(mask, extra attention kwargs)``."""
     keys = padding[:, kv_offset : kv_offset + kv_length]  # False for padding and a static cache's empty slots

@@ -2,7 +2,7 @@
 
 One round, batch 1, greedy acceptance::
 
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache()  # full layers (a config's sliding layers get their window through the mask)
     logits = model(prompt_ids, past_key_values=cache).logits[0, -1]     # predicts the next position
     result = verify_draft_tree(model, cache, logits, draft_tokens, parents)
     # result.tokens: accepted drafts + one bonus token = what greedy decoding would produce next
@@ -23,7 +23,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .lowering import dense_mask
-from .masking import LayerMasks
+from .masking import lower_dense_masks, sliding_layer_overlay
 from .masks.tree import ancestor_matrix, parent_indices
 
 
@@ -55,7 +55,11 @@ def verify_draft_tree(model, past_key_values: DynamicCache, last_logits: torch.T
     mask_inputs: the strategy's per-call inputs for the cached tokens (e.g. ``prefix_lengths``, ``document_ids``).
     """
     if not isinstance(past_key_values, DynamicCache) or any(type(layer) is not DynamicLayer for layer in past_key_values.layers):
-        raise TypeError("verify_draft_tree needs a DynamicCache with full (non-sliding) layers to rewind into.")
+        raise TypeError(
+            "verify_draft_tree needs a DynamicCache with full layers to rewind into: create it as DynamicCache() "
+            "(without config=, which gives a config's sliding layers their own window-trimmed cache layers); the "
+            "sliding layers' window is applied through the mask."
+        )
     body = model.base_model
     strategy = body.mask_strategy
     if not strategy.generates:
@@ -83,23 +87,21 @@ def verify_draft_tree(model, past_key_values: DynamicCache, last_logits: torch.T
     if strategy.places_tokens:  # e.g. documents: positions restart per document
         positions = strategy.position_ids(**context)[:, virtual]
 
-    def tree_mask(group_strategy) -> torch.Tensor:
+    def tree_mask(group_strategy, layer_type: str) -> torch.Tensor:
         visible = dense_mask(
             group_strategy.mask_mod(**context), batch_size=1, num_heads=heads, q_offset=0, q_length=size,
             kv_offset=0, kv_length=0, padding_mask=padding, device=device, kv_positions=keys, q_positions=virtual,
         )
+        if layer_type == "sliding_attention":  # the config's window, from where each draft really stands
+            within = sliding_layer_overlay(group_strategy.flash_form(), model.config.sliding_window)
+            visible = visible & within(0, 0, virtual[:, None], keys[None, :])
         return visible & tree
 
-    groups = body.mask_groups
-    if len(groups) == 1:
-        attention_mask = tree_mask(groups[0][0])
-    else:  # one mask per layer group, lowered by the body as a 4D mask each
-        per_layer = LayerMasks()
-        for group_strategy, layers in groups:
-            built, _ = body.attention_masks(draft_tokens[None], tree_mask(group_strategy), past_key_values, positions)
-            for idx in layers:
-                per_layer[idx] = built[model.config.layer_types[idx]][idx]
-        attention_mask = {layer_type: per_layer for layer_type in model.config.layer_types}
+    dense = {}
+    for group_strategy, layers in body.mask_groups:
+        by_type = {layer_type: tree_mask(group_strategy, layer_type) for layer_type in {model.config.layer_types[idx] for idx in layers}}
+        dense.update({idx: by_type[model.config.layer_types[idx]] for idx in layers})
+    attention_mask = lower_dense_masks(body, dense, past_key_values, model.dtype, device)
     logits = model(draft_tokens[None], attention_mask=attention_mask, position_ids=positions, past_key_values=past_key_values, use_cache=True).logits[0]
 
     parents = parent_indices(matrix).tolist()

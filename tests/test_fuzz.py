@@ -9,7 +9,8 @@ left/right-padded batch, then one of four paths:
   x a generation_config with or without a use_cache key x input_ids | inputs_embeds: the tokens of the
   reference's greedy decoding (beams: of recomputing every step), or a refusal exactly when the strategy
   lets a token see a later one (or the cache cannot hold the strategy);
-* verify_draft_tree: a random chain or tree holding the greedy path, under a cacheable strategy: the greedy
+* verify_draft_tree: a random chain or tree holding the greedy path, under a cacheable strategy (config with
+  or without a sliding layer): the greedy
   tokens are accepted and the cache continues like plain decoding;
 * Trainer: one step with Trainer's default arguments (remove_unused_columns=True): loss and every gradient
   equal the reference's;
@@ -268,18 +269,18 @@ CACHEABLE_SPECS = st.one_of(CACHEABLE_LEAVES, st.builds(lambda xs: {"and": xs}, 
 
 @settings(max_examples=CASES["verify"], **PROFILE)
 @given(spec=CACHEABLE_SPECS, backend=st.sampled_from(BACKENDS), length=st.integers(3, 10), seed=st.integers(0, 2**16),
-       chain=st.booleans(), depth=st.integers(1, 4))
+       chain=st.booleans(), depth=st.integers(1, 4), config=st.sampled_from(["plain", "sliding-layers"]))
 @torch.no_grad()
-def test_draft_tree_verification_accepts_the_greedy_path(model_for, spec, backend, length, seed, chain, depth):
+def test_draft_tree_verification_accepts_the_greedy_path(model_for, spec, backend, length, seed, chain, depth, config):
     strategy = resolve_strategy(spec)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 250, (1, length), generator=g)
     mask = torch.ones(1, length, dtype=torch.long)
     inputs = inputs_for(strategy, torch.tensor([int(torch.randint(0, length + 1, (1,), generator=g))]),
                         torch.randint(0, 3, (1, length), generator=g).sort(-1).values)
-    model = model_for(backend, strategy)
+    model = model_for(backend, strategy, config)
     greedy = reference_greedy(model, ids, mask, inputs, depth + 1)[0, length:].tolist()
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache()
     logits = model(ids, past_key_values=cache, **inputs).logits[0, -1]
     # The greedy path as a chain, or hidden in a tree among wrong siblings.
     tokens, parents, last = [], [], -1

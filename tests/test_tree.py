@@ -66,8 +66,10 @@ def test_tree_strategy_matches_reference_in_one_forward_and_after_a_prefill(mode
 
 VERIFIED = ["causal", "sliding_window", "attention_sinks", "chunked", "prefix_lm", "document", "and", "per_head_window", "layers_cacheable"]
 # flex_attention on CPU compiles once per shape (~25 s a case here): two cases cover its single- and per-layer paths.
-VERIFIED_ON = [(case, backend) for case in VERIFIED for backend in BACKENDS
+VERIFIED_ON = [(case, backend, "plain") for case in VERIFIED for backend in BACKENDS
                if backend != "flex_attention" or case in ("sliding_window", "layers_cacheable")]
+# A config with a sliding layer (window 4): its window is measured from where each draft really stands.
+VERIFIED_ON += [(case, backend, "sliding-layers") for case in ("causal", "attention_sinks", "layers_cacheable") for backend in ("eager", "sdpa")]
 
 
 def one_row(inputs: dict, length: int) -> dict:
@@ -81,18 +83,18 @@ def one_row(inputs: dict, length: int) -> dict:
     return out
 
 
-@pytest.mark.parametrize("case,backend", VERIFIED_ON)
+@pytest.mark.parametrize("case,backend,config", VERIFIED_ON)
 @torch.no_grad()
-def test_verified_tokens_equal_greedy_decoding_under_the_model_strategy(model_for, backend, case):
+def test_verified_tokens_equal_greedy_decoding_under_the_model_strategy(model_for, backend, case, config):
     """The drafts are verified under the model's own mask (tree AND strategy): what greedy decoding of this
     model produces is accepted, and the bonus token is its next token."""
     spec, inputs = CASES[case]
-    model = model_for(backend, spec)
+    model = model_for(backend, spec, config)
     prompt = left_padded()[0][1:2]  # 12 tokens, no padding
     greedy = model.generate(prompt, max_new_tokens=8, do_sample=False, **one_row(inputs, 12))[0, 12:]
     wrong = lambda t: (int(t) + 1) % 250  # noqa: E731  a token greedy decoding does not pick here
 
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache()  # full layers to rewind (with config=, sliding layers would trim themselves)
     logits = model(prompt, past_key_values=cache, **one_row(inputs, 12)).logits[0, -1]
     # Round 1: the greedy path g0 -> g1 -> g2 hidden among wrong branches.
     g = greedy.tolist()
@@ -116,3 +118,11 @@ def test_tree_is_not_for_generate(model_for):
     model = model_for("sdpa", "tree")
     with pytest.raises(ValueError, match="verify_draft_tree"):
         model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2)
+
+
+def test_verification_refuses_a_cache_with_sliding_layers(model_for):
+    model = model_for("sdpa", "causal", "sliding-layers")
+    cache = DynamicCache(config=model.config)
+    logits = model(torch.tensor([[1, 2, 3]]), past_key_values=cache).logits[0, -1]
+    with pytest.raises(TypeError, match=r"DynamicCache\(\) \(without config="):
+        verify_draft_tree(model, cache, logits, [4], [-1])
