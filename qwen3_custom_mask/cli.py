@@ -105,6 +105,9 @@ def _load(model_id: str | None, strategy, backend: str, device: str, dtype: str)
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r} is not an attention backend; use one of {', '.join(BACKENDS)}")
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer("hello").input_ids:  # transformers gives an empty tokenizer for a folder without tokenizer files
+        raise UserError(f"--model {model_id}: no tokenizer in the folder (tokenizer.json or vocab.json + merges.txt); "
+                        f"copy the tokenizer files of the checkpoint it came from")
     tokenizer.padding_side = "left"
     model = CustomQwen3ForCausalLM.from_pretrained(
         path, attn_implementation=backend, dtype=dtype_value, device_map=device, mask_strategy=strategy.to_dict()
@@ -329,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        message = message.replace("Pass use_cache=False to generate()", "Pass --no-cache")  # the CLI's spelling
         print(f"qwen3-mask: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `qwen3-mask list | head`

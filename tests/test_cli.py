@@ -167,3 +167,12 @@ def test_bench_quick_prints_ratios_against_stock():
 def test_finetune_subcommand_help():
     out = cli("finetune", "--help").stdout
     assert "--recipe" in out and "--lora" in out
+
+
+def test_checkpoint_without_tokenizer_and_cache_hint_are_one_line(home, checkpoint):
+    """A folder with weights but no tokenizer files (transformers would hand back an empty tokenizer), and a
+    strategy that needs no cache: one line each, in the CLI's own words (--no-cache)."""
+    proc = cli("generate", "--model", checkpoint, "hi", home=home, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no tokenizer in the folder" in proc.stderr, proc.stderr[-2000:]
+    proc = cli("generate", "--strategy", "bidirectional", "hi", "--max-new-tokens", "2", home=home, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Pass --no-cache" in proc.stderr, proc.stderr[-2000:]
