@@ -212,14 +212,16 @@ def main(argv=None):
         result = fsdp.train(
             model, dataset, collator, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, epochs=args.epochs,
             bf16=bf16, gradient_checkpointing=args.gradient_checkpointing, data_order=args.data_order, seed=args.seed,
-            logging_steps=args.logging_steps,
+            logging_steps=args.logging_steps, grad_accum=args.grad_accum,
         )
         log_throughput(collator, time.perf_counter() - start)
         world = torch.distributed.get_world_size()
         logger.info("processes: %d (fsdp2), device %s, bf16=%s", world, "cuda" if use_cuda else "cpu", bf16)
         logger.info("train loss %.4f after %d steps", result.training_loss, result.global_step)
         logger.info("fsdp2: %d decoder layers sharded (fully_shard) over %d processes", result.sharded_layers, world)
-        if not fsdp.save_full(model, args.output_dir):
+        saved = fsdp.save_full(model, args.output_dir)
+        torch.distributed.destroy_process_group()  # before exit: gloo's threads torn down mid-exit can abort a rank
+        if not saved:
             return result
     else:
         training_args = TrainingArguments(

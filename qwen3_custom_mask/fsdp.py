@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup, set_seed
 
 logger = logging.getLogger("finetune")
 
@@ -46,10 +46,15 @@ def shard(model, bf16: bool) -> int:
 
 
 def train(model, dataset, collator, *, batch_size: int, lr: float, max_steps: int, epochs: float, bf16: bool,
-          gradient_checkpointing: bool, data_order: str, seed: int, logging_steps: int, max_grad_norm: float = 1.0) -> FSDPResult:
-    """Trains ``model`` in place with FSDP2 over the launched processes (see the module docstring)."""
+          gradient_checkpointing: bool, data_order: str, seed: int, logging_steps: int, grad_accum: int = 1,
+          max_grad_norm: float = 1.0) -> FSDPResult:
+    """Trains ``model`` in place with FSDP2 over the launched processes (see the module docstring).
+
+    One optimizer step takes ``grad_accum`` micro-batches of ``batch_size`` on every rank (a global batch of
+    batch_size x grad_accum x processes); gradients are reduced once, on the last micro-batch."""
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    set_seed(seed)  # as Trainer does on every process: random objectives (MNTP masking) repeat run to run
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
@@ -65,7 +70,7 @@ def train(model, dataset, collator, *, batch_size: int, lr: float, max_steps: in
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=data_order == "random", seed=seed, drop_last=True)
     order = list(range(len(dataset)))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler if data_order == "random" else _interleaved(order, batch_size, world, rank), collate_fn=collator)
-    steps = max_steps if max_steps > 0 else int(len(loader) * epochs)
+    steps = max_steps if max_steps > 0 else max(1, int(len(loader) // grad_accum * epochs))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=steps)
 
@@ -74,26 +79,32 @@ def train(model, dataset, collator, *, batch_size: int, lr: float, max_steps: in
     while step < steps:
         if data_order == "random":
             sampler.set_epoch(epoch)
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
+        micro = iter(loader)
+        while step < steps:
+            group = [b for _, b in zip(range(grad_accum), micro)]
+            if len(group) < grad_accum:  # the epoch's last, incomplete global batch is dropped (drop_last)
+                break
+            group = [{k: v.to(device) for k, v in batch.items()} for batch in group]
             # The loss of the global batch: every rank's label-token sum over the global count of label tokens.
-            count = (batch["labels"][..., 1:] != -100).sum()
+            count = sum((batch["labels"][..., 1:] != -100).sum() for batch in group)
             dist.all_reduce(count)
-            loss = model(**batch, num_items_in_batch=count).loss * world  # FSDP2 averages gradients over ranks
-            loss.backward()
+            total = torch.zeros((), device=device)
+            for index, batch in enumerate(group):
+                model.set_requires_gradient_sync(index == len(group) - 1)
+                loss = model(**batch, num_items_in_batch=count).loss * world  # FSDP2 averages gradients over ranks
+                loss.backward()
+                total += loss.detach()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            reported = loss.detach() / world
+            reported = total / world
             dist.all_reduce(reported)
             losses.append(reported.item())
             step += 1
             progress.update(1)
             if rank == 0 and (step % logging_steps == 0 or step == steps):
                 logger.info("step %d: loss %.4f", step, losses[-1])
-            if step == steps:
-                break
         epoch += 1
     progress.close()
     return FSDPResult(training_loss=sum(losses) / len(losses), global_step=step, sharded_layers=sharded)

@@ -81,15 +81,17 @@ def one_process_run(tmp_path_factory, data):
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None or shutil.which("torchrun") is None, reason="launchers not installed")
-@pytest.mark.parametrize("mode,launcher", [("fsdp2", TORCHRUN), ("fsdp2", ACCELERATE), ("ddp", ACCELERATE)],
-                         ids=["fsdp2-torchrun", "fsdp2-accelerate", "ddp-accelerate"])
-def test_two_processes_train_exactly_like_one(one_process_run, tmp_path, mode, launcher):
-    """2 CPU processes (gloo), 2 examples each, vs 1 process with the same 4: the same loss and, after three AdamW
-    steps, the same weights (float tolerance), with the document strategy on every rank; the checkpoint (full state
-    gathered on rank 0, official layout) reloads with its strategy."""
+@pytest.mark.parametrize("mode,launcher,per_rank", [("fsdp2", TORCHRUN, ["--batch-size", 2]), ("fsdp2", ACCELERATE, ["--batch-size", 2]),
+                                                     ("ddp", ACCELERATE, ["--batch-size", 2]),
+                                                     ("fsdp2", TORCHRUN, ["--batch-size", 1, "--grad-accum", 2])],
+                         ids=["fsdp2-torchrun", "fsdp2-accelerate", "ddp-accelerate", "fsdp2-torchrun-grad-accum"])
+def test_two_processes_train_exactly_like_one(one_process_run, tmp_path, mode, launcher, per_rank):
+    """2 CPU processes (gloo), 2 examples each (or 1 twice, accumulated), vs 1 process with the same 4: the same
+    loss and, after three AdamW steps, the same weights (float tolerance), with the document strategy on every
+    rank; the checkpoint (full state gathered on rank 0, official layout) reloads with its strategy."""
     common, single_log, single = one_process_run
     extra = ["--fsdp"] if mode == "fsdp2" else []
-    log = run([*common, "--batch-size", 2, "--output-dir", tmp_path / "out", *extra], tmp_path, launcher)
+    log = run([*common, *per_rank, "--output-dir", tmp_path / "out", *extra], tmp_path, launcher)
     if mode == "fsdp2":
         assert log.count("fsdp2: 2 decoder layers sharded (fully_shard) over 2 processes") == 2
     else:
@@ -128,3 +130,13 @@ def test_flex_training_on_cpu_is_refused_with_the_fix(checkpoint, data, tmp_path
     proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(checkpoint), "--data", str(data), "--attn", "flex_attention", "--cpu"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0 and "no backward pass on CPU; use --attn sdpa" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_fsdp_runs_repeat_with_a_seed(one_process_run, tmp_path):
+    """The MNTP recipe masks tokens at random: two --fsdp runs with the same --seed train alike."""
+    common, _, _ = one_process_run
+    common = [*common[:2], "--recipe", ROOT / "configs" / "bidirectional_llm2vec.yaml", *common[4:]]
+    logs = [run([*common, "--batch-size", 2, "--max-steps", 2, "--fsdp", "--output-dir", tmp_path / f"out{i}"], tmp_path,
+                ("torchrun", "--nproc_per_node", "1")) for i in range(2)]
+    assert train_loss(logs[0]) == train_loss(logs[1])
