@@ -193,6 +193,8 @@ class MaskedGenerationMixin:
         # earlier row against each new key (assisted decoding adds several) and the next position.
         keys = torch.arange(seen if first and not past else past, seen + 1, device=device)
         for strategy, _ in self.model.mask_groups:
+            if first:  # the inputs' own checks (e.g. a prefix inside each row's prompt) before probing one token on
+                strategy.mask_mod(**step_inputs, padding_mask=padding[:, :seen], num_heads=heads, sequence_length=seen)
             mask_mod = strategy.mask_mod(**inputs, padding_mask=padding, num_heads=heads, sequence_length=seen + 1)
             seen_by = dense_mask(
                 mask_mod, batch_size=batch_size, num_heads=heads, q_offset=0, q_length=seen, kv_offset=0, kv_length=0,

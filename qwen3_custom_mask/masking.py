@@ -104,7 +104,13 @@ def padding_mask(attention_mask, batch_size: int, seen, total: int, device) -> t
     ones) are False. ``seen`` (past + new tokens) may be a 0-d tensor (a static cache's length)."""
     if attention_mask is None:
         return (torch.arange(total, device=device) < seen).expand(batch_size, total)
-    if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size or attention_mask.shape[1] > total:
+    if attention_mask.dim() == 2 and attention_mask.shape[0] == batch_size and attention_mask.shape[1] > total:
+        raise ValueError(
+            f"2D attention_mask covers {attention_mask.shape[1]} positions (past + new tokens) but there is room for "
+            f"{total} (what the KV cache can hold, or the new tokens without a cache). With a StaticCache, create it "
+            f"with a larger max_cache_len (at least prompt + max_new_tokens) or use a DynamicCache."
+        )
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size:
         raise ValueError(
             f"2D attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, past + new tokens) = "
             f"({batch_size}, {seen}). A custom mask is 4D: (batch, 1 or heads, new tokens, past + new tokens)."

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers import StaticCache
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, register_mask, resolve_strategy
 from qwen3_custom_mask.masking import layer_mask
@@ -240,3 +241,19 @@ def test_flash_refuses_documents_it_cannot_run_as_varlen(flash_model, docs, padd
     flash_model.set_mask_strategy("document")
     with pytest.raises(ValueError, match=match):
         flash_model.model.attention_masks(torch.randint(0, 250, (1, 8)), padding, document_ids=docs)
+
+
+def test_static_cache_too_small_names_the_cache_and_the_fix(model_for):
+    model = model_for("sdpa", {"name": "sliding_window", "window": 4})
+    ids, mask, _ = left_padded()
+    with pytest.raises(ValueError, match=r"covers 13 positions .* room for 12 .* larger max_cache_len"):
+        model.generate(ids, attention_mask=mask, past_key_values=StaticCache(config=model.config, max_cache_len=12), max_new_tokens=5)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_with_a_prefix_longer_than_the_prompt_says_so(model_for, use_cache):
+    """Not the cache-consistency advice (use_cache=False would not help): the prefix must lie in each row's prompt."""
+    model = model_for("sdpa", "prefix_lm")
+    ids, mask, _ = left_padded()  # row 0: 9 real tokens
+    with pytest.raises(ValueError, match=r"prefix_lengths \[10, 6\] exceed the number of tokens in each sample \[9, 12\]"):
+        model.generate(ids, attention_mask=mask, prefix_lengths=torch.tensor([10, 6]), max_new_tokens=2, use_cache=use_cache)
