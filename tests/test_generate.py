@@ -61,12 +61,13 @@ def test_bidirectional_generation_needs_use_cache_false(model_for):
 
 
 def test_prefix_longer_than_prompt_is_refused_in_cached_generation(model_for):
-    """A prefix reaching past the prompt would need generated tokens to be seen by prompt rows."""
+    """A prefix reaching past the prompt would need generated tokens to be seen by prompt rows: refused, naming
+    the prefix (not the cache: without one it is refused as well)."""
     model = model_for("sdpa", "prefix_lm")
     ids, _, _ = left_padded(pads=(0, 0))
     whole_prompt = model.generate(ids, prefix_lengths=torch.tensor([12, 12]), **GREEDY)
     assert whole_prompt.shape == (2, 20)
-    with pytest.raises(ValueError, match="attend to tokens generated after it"):
+    with pytest.raises(ValueError, match="exceed the number of tokens"):
         model.generate(ids, prefix_lengths=torch.tensor([12, 13]), **GREEDY)
     with pytest.raises(ValueError, match="exceed the number of tokens"):
         model.generate(ids, prefix_lengths=torch.tensor([12, 14]), **GREEDY)
