@@ -193,8 +193,6 @@ class MaskedGenerationMixin:
         # earlier row against each new key (assisted decoding adds several) and the next position.
         keys = torch.arange(seen if first and not past else past, seen + 1, device=device)
         for strategy, _ in self.model.mask_groups:
-            if first:  # the inputs' own checks (e.g. a prefix inside each row's prompt) before probing one token on
-                strategy.mask_mod(**step_inputs, padding_mask=padding[:, :seen], num_heads=heads, sequence_length=seen)
             mask_mod = strategy.mask_mod(**inputs, padding_mask=padding, num_heads=heads, sequence_length=seen + 1)
             seen_by = dense_mask(
                 mask_mod, batch_size=batch_size, num_heads=heads, q_offset=0, q_length=seen, kv_offset=0, kv_length=0,
@@ -206,6 +204,12 @@ class MaskedGenerationMixin:
                 earlier &= (rows < past) | (keys.view(1, -1) == seen)
             real_rows = padding[:, :seen].view(batch_size, 1, seen, 1)
             if (seen_by & earlier & real_rows).any():
+                if first:  # inputs that do not fit the tokens cached so far (a prefix past the prompt) say so first
+                    try:
+                        strategy.mask_mod(**step_inputs, padding_mask=padding[:, :seen], num_heads=heads, sequence_length=seen)
+                    except ValueError as err:
+                        raise ValueError(f"{err} In generate(), it must lie inside the prompt (with prefill_chunk_size, "
+                                         f"inside the first chunk: a chunk is cached before the next is read).") from None
                 fix = (
                     "generate() always caches when given inputs_embeds, so pass input_ids with use_cache=False"
                     if embeds else "Pass use_cache=False to generate() to recompute the whole mask at every step"
