@@ -78,11 +78,14 @@ def test_user_masks_and_per_head_windows_keep_the_grid_path():
 
 @pytest.mark.parametrize("spec,inputs", [({"name": "sliding_window", "window": 5}, {}),
                                          ("document", {"document_ids": torch.tensor([[0] * 6 + [1] * 6, [0] * 4 + [1] * 8])}),
-                                         ({"name": "attention_sinks", "sinks": 2, "window": 4}, {})], ids=["sliding_window", "document", "attention_sinks"])
+                                         ({"name": "attention_sinks", "sinks": 2, "window": 4}, {}),
+                                         ("prefix_lm", {"prefix_lengths": torch.tensor([5, 7])})],
+                         ids=["sliding_window", "document", "attention_sinks", "prefix_lm"])
 @torch.no_grad()
 def test_flex_static_cache_decode_builds_no_grid_and_compiles_once(monkeypatch, model_for, spec, inputs):
-    """Each flex decode step takes its row's blocks from the structure (no create_block_mask) and, the shapes of
-    a static cache never changing, runs the kernel compiled at the first step: no recompilation per step."""
+    """Static-cache generation on flex_attention gives sdpa's tokens; each decode step takes its row's blocks from
+    the structure (no create_block_mask) and, the shapes of a static cache never changing, runs the kernel
+    compiled at the first step: no recompilation per step."""
     from torch._dynamo.utils import counters
 
     from conftest import left_padded

@@ -127,16 +127,6 @@ def test_static_cache_generation_equals_dynamic(model_for, backend, case, config
     )
 
 
-@pytest.mark.parametrize("case", ["sliding_window", "prefix_lm", "document"])
-def test_static_cache_generation_on_flex_attention(model_for, case):
-    spec, inputs = CASES[case]
-    model = model_for("flex_attention", spec)
-    ids, mask, _ = left_padded()
-    dynamic = model.generate(ids, attention_mask=mask, **GREEDY, **inputs)
-    cache = StaticCache(config=model.config, max_cache_len=20)
-    assert torch.equal(model.generate(ids, attention_mask=mask, past_key_values=cache, **GREEDY, **inputs), dynamic)
-
-
 def test_static_cache_masks_come_from_the_strategy(model_for):
     """create_masks_for_generate (generate()'s hook for static caches) builds the strategy's masks, sized
     from the cache: the mask rows differ from plain causal ones."""
