@@ -248,10 +248,13 @@ def lower_dense_masks(body, dense: dict[int, torch.Tensor], cache, dtype, device
     total = max(offset + length for offset, length in sizes.values())
     call = dict(batch_size=batch_size, num_heads=config.num_attention_heads, q_offset=q_offset, q_length=q_length,
                 padding_mask=padding_mask(None, batch_size, q_offset + q_length, total, device), device=device)
-    masks = LayerMasks()
+    masks, lowered = LayerMasks(), {}
     for idx, mask in dense.items():
-        kv_offset, kv_length = sizes[config.layer_types[idx]]
-        masks[idx] = (lower(backend, user_mask(mask, row_offset=q_offset), dtype=dtype, kv_offset=kv_offset, kv_length=kv_length, **call), {})
+        key = (id(mask), config.layer_types[idx])  # layers sharing a mask share its lowering, as in build_masks
+        if key not in lowered:
+            kv_offset, kv_length = sizes[key[1]]
+            lowered[key] = (lower(backend, user_mask(mask, row_offset=q_offset), dtype=dtype, kv_offset=kv_offset, kv_length=kv_length, **call), {})
+        masks[idx] = lowered[key]
     return {layer_type: masks for layer_type in sizes}
 
 
