@@ -70,6 +70,9 @@ def train(model, dataset, collator, *, batch_size: int, lr: float, max_steps: in
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=data_order == "random", seed=seed, drop_last=True)
     order = list(range(len(dataset)))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler if data_order == "random" else _interleaved(order, batch_size, world, rank), collate_fn=collator)
+    if len(loader) < grad_accum:  # no whole global batch in an epoch: the loop would never take a step
+        raise SystemExit(f"error: each process gets {len(loader)} batches of {batch_size} per epoch, fewer than "
+                         f"--grad-accum {grad_accum}; lower --grad-accum or --batch-size, or add data")
     steps = max_steps if max_steps > 0 else max(1, int(len(loader) // grad_accum * epochs))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=steps)

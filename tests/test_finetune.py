@@ -140,3 +140,14 @@ def test_fsdp_runs_repeat_with_a_seed(one_process_run, tmp_path):
     logs = [run([*common, "--batch-size", 2, "--max-steps", 2, "--fsdp", "--output-dir", tmp_path / f"out{i}"], tmp_path,
                 ("torchrun", "--nproc_per_node", "1")) for i in range(2)]
     assert train_loss(logs[0]) == train_loss(logs[1])
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_fsdp_refuses_more_accumulation_than_an_epoch_has(one_process_run, tmp_path):
+    """Fewer micro-batches per epoch than --grad-accum would never make a step: refused, naming the fix."""
+    common, _, _ = one_process_run
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    args = [*common, "--batch-size", 4, "--grad-accum", 1000, "--fsdp", "--output-dir", tmp_path / "out"]
+    proc = subprocess.run(["torchrun", "--nproc_per_node", "1", str(SCRIPT), *map(str, args)],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0 and "fewer than --grad-accum 1000; lower --grad-accum" in proc.stderr, proc.stderr[-3000:]
