@@ -33,6 +33,7 @@ _EXPORTS = {
     "MaskStrategy": "strategy",
     "Strategy": "strategy",
     "resolve_strategy": "strategy",
+    "selfcheck": "stackcheck",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -49,6 +50,10 @@ def __dir__():
 
 # The one exception to the eager registration: the `qwen3-mask` command, so that `--help` and `list` answer
 # without loading torch and transformers (its model commands import modeling.py, which registers).
+from .compat import warn_if_untested  # noqa: E402  (torch-free: reads the installed version only)
+
+warn_if_untested()
+
 if os.path.basename(sys.argv[0] if sys.argv else "") != "qwen3-mask":
     from . import masks, modeling  # noqa: F401, E402
 else:

@@ -5,6 +5,7 @@
     qwen3-mask generate --strategy configs/prefix_lm.yaml "The capital of France is"
     qwen3-mask demo                       # the README's main job, on the embedded default checkpoint
     qwen3-mask export --model PATH --stock OUT   # a plain qwen3 checkpoint, where stock can express the mask
+    qwen3-mask selfcheck                  # is the plugin right on the torch / transformers installed here?
     qwen3-mask bench                      # speed/memory against stock Qwen3ForCausalLM
     qwen3-mask finetune --recipe configs/packed_sft.yaml --data train.jsonl --model PATH
 
@@ -251,6 +252,14 @@ def cmd_export(args) -> None:
     print(f"wrote {out}: model_type qwen3, mask {json.dumps(model.mask_strategy.to_dict())} as {json.dumps(fields)}")
 
 
+# ------------------------------------------------------------------------------------------- selfcheck
+def cmd_selfcheck(args) -> None:
+    from .stackcheck import selfcheck
+
+    if not selfcheck(flex=not args.no_flex):
+        raise SystemExit(1)
+
+
 # ----------------------------------------------------------------------------------- bench / finetune
 def cmd_bench(args, rest) -> None:
     from .benchmark import main as bench_main
@@ -305,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--strategy", help="override the checkpoint's strategy (name, JSON spec, or file)")
     export.add_argument("--stock", required=True, metavar="OUT", help="output folder")
 
+    check = sub.add_parser("selfcheck", help="check the plugin against stock on the installed torch/transformers (seconds)")
+    check.add_argument("--no-flex", action="store_true", help="skip the flex_attention check (it compiles)")
+
     sub.add_parser("bench", help="benchmark against stock Qwen3ForCausalLM (options: qwen3-mask bench --help)", add_help=False)
     sub.add_parser("finetune", help="fine-tune with a strategy (options: qwen3-mask finetune --help)", add_help=False)
     return parser
@@ -322,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     if rest and args.command not in ("bench", "finetune"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    commands = {"list": cmd_list, "show": cmd_show, "generate": cmd_generate, "demo": cmd_demo, "export": cmd_export}
+    commands = {"list": cmd_list, "show": cmd_show, "generate": cmd_generate, "demo": cmd_demo, "export": cmd_export,
+                "selfcheck": cmd_selfcheck}
     try:
         if args.command in ("bench", "finetune"):
             {"bench": cmd_bench, "finetune": cmd_finetune}[args.command](args, rest)
@@ -339,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except SystemExit as err:  # scripts' own "error: ..." exits (finetune), reported like every other mistake
         if not isinstance(err.code, str):
-            raise
+            return err.code if isinstance(err.code, int) else 1
         print(f"qwen3-mask: error: {err.code.removeprefix('error: ')}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:  # e.g. a model path that is neither a folder nor a reachable hub id

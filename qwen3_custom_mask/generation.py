@@ -20,6 +20,7 @@ import torch
 from transformers.generation.configuration_utils import GenerationMode
 
 from .cache import BoundedCache
+from .compat import CACHE_NAMES, generate_cache_kwarg, pop_cache
 from .lowering import dense_mask
 from .masking import LayerMasks, as_bool_user_mask, build_masks
 from .masks.document import document_ids_of
@@ -81,8 +82,8 @@ class MaskedGenerationMixin:
             fallback = self.config.pad_token_id if self.config.pad_token_id is not None else first_eos
             if fallback is not None:
                 kwargs["pad_token_id"] = fallback
-        if isinstance(kwargs.get("past_key_values"), BoundedCache):
-            resolved, _ = self._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k != "past_key_values"})
+        if any(isinstance(kwargs.get(name), BoundedCache) for name in CACHE_NAMES):
+            resolved, _ = self._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k not in CACHE_NAMES})
             if resolved.get_generation_mode(kwargs.get("assistant_model")) in ASSISTED_MODES:
                 raise ValueError(
                     "BoundedCache cannot be used for assisted decoding (assistant_model=, prompt_lookup_num_tokens=): "
@@ -113,14 +114,15 @@ class MaskedGenerationMixin:
         self,
         input_ids: torch.LongTensor,
         next_sequence_length: int | None = None,
-        past_key_values=None,
+        cache=None,
         attention_mask: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
         **kwargs,
     ):
         strategy = self.mask_strategy
-        past = 0 if past_key_values is None else int(past_key_values.get_seq_length())
+        cache = pop_cache(kwargs, cache)  # generate() names it `cache` from transformers 5.24, `past_key_values` before
+        past = 0 if cache is None else int(cache.get_seq_length())
         # The tokens this forward adds, as stock slices them (all of input_ids when next_sequence_length is None:
         # a prefill chunk, or a continuation given only its new tokens).
         if inputs_embeds is not None and is_first_iteration:
@@ -143,10 +145,10 @@ class MaskedGenerationMixin:
             step_inputs["prompt_attention_mask"] = kwargs["prompt_attention_mask"]
         token = _STEP_INPUTS.set(step_inputs)
         try:
+            kwargs[generate_cache_kwarg()] = cache
             model_inputs = super().prepare_inputs_for_generation(
                 input_ids,
                 next_sequence_length=next_sequence_length,
-                past_key_values=past_key_values,
                 attention_mask=attention_mask,
                 inputs_embeds=inputs_embeds,
                 is_first_iteration=is_first_iteration,
@@ -161,14 +163,15 @@ class MaskedGenerationMixin:
                 model_inputs.pop(name, None)
         return model_inputs
 
-    def create_masks_for_generate(self, config, inputs_embeds, attention_mask, past_key_values, position_ids=None, **kwargs):
+    def create_masks_for_generate(self, config, inputs_embeds, attention_mask, cache=None, position_ids=None, **kwargs):
         """The hook generate() calls for compileable (static) caches: the strategy's masks, built before the
         compiled forward, sized from each layer type's own cache layer. The strategy's per-call inputs come from
         generate() (or as keyword arguments, for direct calls)."""
         step_inputs = dict(_STEP_INPUTS.get())
         step_inputs.update({name: kwargs[name] for name in self.mask_strategy.inputs if kwargs.get(name) is not None})
         prompt_mask = step_inputs.pop("prompt_attention_mask", None)
-        masks, _ = build_masks(self.model, inputs_embeds, attention_mask, past_key_values, position_ids, step_inputs, prompt_mask)
+        cache = pop_cache(kwargs, cache)  # generate() passes `cache=` from transformers 5.24, `past_key_values=` before
+        masks, _ = build_masks(self.model, inputs_embeds, attention_mask, cache, position_ids, step_inputs, prompt_mask)
         # generate() calls .contiguous() on each value, which a flex BlockMask lacks (stock fails there).
         for layer_type, mask in masks.items():
             if mask is not None and not isinstance(mask, (torch.Tensor, LayerMasks)):

@@ -35,6 +35,7 @@ from transformers.masking_utils import (
 )
 
 from .cache import NOT_STARTED, BoundedCache
+from .compat import mask_cache_kwarg
 from .lowering import FLASH_BACKENDS, lower
 from .strategy import and_intervals
 from .masks._checks import first_real_token
@@ -132,7 +133,8 @@ def padding_mask(attention_mask, batch_size: int, seen, total: int, device) -> t
 
 def stock_causal_masks(body, inputs_embeds, attention_mask, cache, position_ids) -> dict:
     """Plain causal: stock's builders, so the default is exactly stock Qwen3."""
-    kwargs = dict(config=body.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, past_key_values=cache, position_ids=position_ids)
+    kwargs = dict(config=body.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
+    kwargs[mask_cache_kwarg()] = cache  # `cache` from transformers 5.24, `past_key_values` before
     masks = {"full_attention": create_causal_mask(**kwargs)}
     if body.has_sliding_layers:
         masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)

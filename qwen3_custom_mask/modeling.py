@@ -37,6 +37,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3PreTrainedModel
 from transformers.utils.generic import merge_with_config_defaults
 
 from . import masks  # noqa: F401  (registers the built-in strategies)
+from .compat import check_internals, forward_cache_kwarg, pop_cache
 from .configuration import CustomQwen3Config, strategy_fields
 from .generation import MaskedGenerationMixin
 from .lowering import FLASH_BACKENDS
@@ -84,6 +85,7 @@ class CustomQwen3Model(Qwen3Model):
     config_class = CustomQwen3Config
 
     def __init__(self, config: Qwen3Config):
+        check_internals()  # a transformers whose hooks moved: refuse here, never build a silently wrong mask
         super().__init__(as_custom_config(config))
         for idx, layer in enumerate(self.layers):
             layer.register_forward_pre_hook(partial(pick_layer_mask, idx), with_kwargs=True)
@@ -128,13 +130,16 @@ class CustomQwen3Model(Qwen3Model):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | dict | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ):
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        # The head passes the cache under the installed transformers' name (`cache` from 5.24, `past_key_values`
+        # before); reading only one of them built every cached mask from an empty cache.
+        cache = pop_cache(kwargs, cache)
         mask_inputs = self._pop_mask_inputs(kwargs)
         prompt_mask = kwargs.pop("prompt_attention_mask", None)
         if isinstance(attention_mask, dict):
@@ -145,24 +150,24 @@ class CustomQwen3Model(Qwen3Model):
                     f"be ignored; pass the strategy's inputs with a 2D (or no) attention_mask instead."
                 )
         else:
-            if use_cache and past_key_values is None:  # created here (not in Qwen3Model) to size the masks
-                past_key_values = DynamicCache(config=self.config)
+            if use_cache and cache is None:  # created here (not in Qwen3Model) to size the masks
+                cache = DynamicCache(config=self.config)
             attention_mask, position_ids = self.attention_masks(
-                input_ids, attention_mask, past_key_values, position_ids, inputs_embeds, prompt_mask, **mask_inputs
+                input_ids, attention_mask, cache, position_ids, inputs_embeds, prompt_mask, **mask_inputs
             )
+        kwargs[forward_cache_kwarg()] = cache
         with cpu_flex_static_shapes(self.config, self.embed_tokens.weight.device):
             return super().forward(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 inputs_embeds=inputs_embeds,
                 use_cache=use_cache,
                 **kwargs,
             )
 
     def attention_masks(
-        self, input_ids=None, attention_mask=None, past_key_values=None, position_ids=None, inputs_embeds=None,
+        self, input_ids=None, attention_mask=None, cache=None, position_ids=None, inputs_embeds=None,
         prompt_attention_mask=None, **mask_inputs,
     ):
         """What forward() hands the decoder layers: ``({layer_type: mask or LayerMasks}, position_ids)``
@@ -171,7 +176,8 @@ class CustomQwen3Model(Qwen3Model):
         if template is None:  # only the batch size, length, dtype and device are read
             weight = self.embed_tokens.weight
             template = torch.empty((*input_ids.shape[:2], 0), dtype=weight.dtype, device=weight.device)
-        return build_masks(self, template, attention_mask, past_key_values, position_ids, mask_inputs, prompt_attention_mask)
+        cache = pop_cache(mask_inputs, cache)
+        return build_masks(self, template, attention_mask, cache, position_ids, mask_inputs, prompt_attention_mask)
 
     def _pop_mask_inputs(self, kwargs: dict) -> dict[str, Any]:
         """Takes the strategies' per-call inputs out of kwargs; one the active strategy does not use is an error."""

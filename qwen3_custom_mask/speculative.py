@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from .compat import forward_cache_kwarg
 from .lowering import dense_mask
 from .masking import lower_dense_masks, sliding_layer_overlay
 from .masks.tree import ancestor_matrix, parent_indices
@@ -102,7 +103,8 @@ def verify_draft_tree(model, past_key_values: DynamicCache, last_logits: torch.T
         by_type = {layer_type: tree_mask(group_strategy, layer_type) for layer_type in {model.config.layer_types[idx] for idx in layers}}
         dense.update({idx: by_type[model.config.layer_types[idx]] for idx in layers})
     attention_mask = lower_dense_masks(body, dense, past_key_values, model.dtype, device)
-    logits = model(draft_tokens[None], attention_mask=attention_mask, position_ids=positions, past_key_values=past_key_values, use_cache=True).logits[0]
+    cached = {forward_cache_kwarg(): past_key_values}  # `cache=` from transformers 5.24, `past_key_values=` before
+    logits = model(draft_tokens[None], attention_mask=attention_mask, position_ids=positions, use_cache=True, **cached).logits[0]
 
     parents = parent_indices(matrix).tolist()
     accepted, node, current = [], -1, last_logits.view(-1)

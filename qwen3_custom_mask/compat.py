@@ -1,0 +1,145 @@
+"""The contract with transformers' internals, probed once from the installed version's signatures.
+
+transformers renames what this plugin builds on between minor releases (5.24: ``past_key_values`` became
+``cache`` in every forward, in generate's hooks and in the mask builders; a body that kept the old name
+built every cached mask from an empty cache, silently). Every other module asks this one which name the
+installed version uses instead of checking version strings, and `check_internals` refuses to build a model
+on a version whose hooks it cannot find, naming what is missing.
+
+Tested range (CI): `TESTED` below; a newer transformers logs one warning at import (`warn_if_untested`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from importlib.metadata import version
+
+logger = logging.getLogger(__name__)
+
+# The transformers releases CI proves (floor and newest; .ci/run installs both). Lift the upper one when a
+# new release passes the suite and `qwen3-mask selfcheck`.
+TESTED = ("5.10.4", "5.24.0")
+CACHE_NAMES = ("cache", "past_key_values")  # newest first
+
+
+def _release(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def transformers_version() -> str:
+    return version("transformers")
+
+
+def warn_if_untested() -> None:
+    """One warning when the installed transformers is newer than the newest tested (no torch needed)."""
+    try:
+        installed = transformers_version()
+    except Exception:  # not installed: the import of modeling.py says so
+        return
+    if _release(installed) > _release(TESTED[1]):
+        logger.warning(
+            "qwen3-custom-mask is tested with transformers %s to %s; %s is installed. Run `qwen3-mask selfcheck` "
+            "(seconds, on CPU) before you rely on it; it checks the default strategy against stock and cached "
+            "decoding against the uncached forward.", TESTED[0], TESTED[1], installed,
+        )
+
+
+def _parameters(func) -> dict:
+    return dict(inspect.signature(func).parameters)  # follows functools.wraps chains to the real function
+
+
+def _cache_name(func, where: str, missing: list[str]) -> str:
+    params = _parameters(func)
+    for name in CACHE_NAMES:
+        if name in params:
+            return name
+    missing.append(f"{where} takes none of {list(CACHE_NAMES)} (its parameters: {list(params)})")
+    return CACHE_NAMES[0]
+
+
+@functools.cache
+def internals() -> dict:
+    """``{"forward": name, "masks": name, "generate": name, "missing": [...]}``: the cache keyword the installed
+    transformers' Qwen3 forward, mask builders and generate hooks take, and what could not be found."""
+    from transformers import GenerationMixin, Qwen3Model
+    from transformers import masking_utils
+    from transformers.cache_utils import Cache
+
+    missing: list[str] = []
+    found = {
+        "forward": _cache_name(Qwen3Model.forward, "Qwen3Model.forward", missing),
+        "generate": _cache_name(GenerationMixin.prepare_inputs_for_generation, "GenerationMixin.prepare_inputs_for_generation", missing),
+    }
+    builders = ("create_causal_mask", "create_sliding_window_causal_mask", "create_masks_for_generate")
+    names = set()
+    for builder in builders:
+        func = getattr(masking_utils, builder, None)
+        if func is None:
+            missing.append(f"transformers.masking_utils.{builder}")
+            continue
+        names.add(_cache_name(func, f"masking_utils.{builder}", missing))
+        required = [n for n, p in _parameters(func).items() if p.default is p.empty and p.kind is not p.VAR_KEYWORD]
+        unknown = set(required) - {"config", "inputs_embeds", "attention_mask", *CACHE_NAMES}
+        if unknown:  # 5.0-5.3 required cache_position, which this plugin does not pass
+            missing.append(f"masking_utils.{builder} requires {sorted(unknown)}")
+    found["masks"] = names.pop() if len(names) == 1 else CACHE_NAMES[0]
+    sizes = _parameters(Cache.get_mask_sizes)
+    if list(sizes)[1:3] != ["query_length", "layer_idx"]:
+        missing.append(f"Cache.get_mask_sizes(query_length, layer_idx) (found {list(sizes)[1:]})")
+    for hook in ("_prepare_position_ids_for_generation", "_validate_model_kwargs", "create_masks_for_generate"):
+        if not hasattr(GenerationMixin, hook) and not hasattr(masking_utils, hook):
+            missing.append(f"GenerationMixin.{hook}")
+    found["missing"] = missing
+    return found
+
+
+def check_internals() -> None:
+    """Raises, naming what is missing, if the installed transformers lacks a hook this plugin builds on."""
+    missing = internals()["missing"]
+    if missing:
+        raise RuntimeError(
+            f"qwen3-custom-mask cannot find these transformers {transformers_version()} internals: "
+            + "; ".join(missing)
+            + f". It is tested with transformers {TESTED[0]} to {TESTED[1]}: install one of those "
+            f"(pip install 'transformers>={TESTED[0]},<={TESTED[1]}') or upgrade qwen3-custom-mask."
+        )
+
+
+def forward_cache_kwarg() -> str:
+    """The keyword stock Qwen3 forwards take the KV cache by: ``"cache"`` (5.24+) or ``"past_key_values"``."""
+    return internals()["forward"]
+
+
+def generate_cache_kwarg() -> str:
+    return internals()["generate"]
+
+
+def mask_cache_kwarg() -> str:
+    return internals()["masks"]
+
+
+def pop_cache(kwargs: dict, given=None):
+    """The cache a caller passed under either name (taken out of ``kwargs``); both at once is an error."""
+    found = [(name, kwargs.pop(name)) for name in CACHE_NAMES if kwargs.get(name) is not None]
+    for name in CACHE_NAMES:
+        kwargs.pop(name, None)
+    if given is not None:
+        found.insert(0, ("cache", given))
+    if len(found) > 1:
+        raise ValueError(f"Pass the KV cache once: got both {found[0][0]}= and {found[1][0]}=.")
+    return found[0][1] if found else None
+
+
+def output_cache(outputs):
+    """The cache a model output carries (``outputs.cache`` from 5.24, ``outputs.past_key_values`` before)."""
+    for name in CACHE_NAMES:
+        cache = getattr(outputs, name, None) if not isinstance(outputs, dict) else outputs.get(name)
+        if cache is not None:
+            return cache
+    return None
