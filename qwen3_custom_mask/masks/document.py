@@ -12,8 +12,9 @@
 Boundaries come from ``document_ids`` (batch, tokens), or else from ``position_ids`` that restart at 0
 (or jump) where a new document begins, read the way transformers' packed-sequence detection reads them.
 Unlike that detection, the boundaries are honoured with a KV cache and with an all-ones attention_mask,
-and a call that gives neither raises. Without explicit ``position_ids`` positions restart in every
-document, so RoPE sees each document as if it stood alone. ``causal=False`` makes each document
+and a call that gives neither raises. Without explicit ``position_ids`` each token's position counts the
+earlier tokens of its own document (across its runs, when ids interleave), so RoPE sees each document as
+if it stood alone. ``causal=False`` makes each document
 bidirectional (packed embedding training). Compose with others, e.g. ``{"and": ["document",
 {"name": "sliding_window", "window": 512}]}``.
 
@@ -64,17 +65,20 @@ def document_ids_of(document_ids, position_ids, padding_mask, sequence_length=No
 
 
 def document_positions(document_ids=None, padding_mask=None, sequence_length=None):
-    """Positions that restart at 0 at each document's first real token (padding stays at 0)."""
+    """Each token's position inside its document: how many real tokens of the same document come before it,
+    so a document split in several runs (interleaved ids) counts on across its runs (padding stays at 0)."""
     import torch
     ids = document_ids_of(document_ids, None, padding_mask, sequence_length)
     real = padding_mask.long()
-    starts = torch.ones_like(ids, dtype=torch.bool)
-    starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    # Count real tokens since the start of the current document.
-    count = real.cumsum(-1)
-    at_start = torch.where(starts, count - real, torch.zeros_like(count))
-    before_doc = torch.cummax(at_start, dim=-1).values
-    return (count - before_doc - 1).clamp(min=0)
+    # Group each row's tokens by document (a stable sort keeps their order), count inside each group.
+    order = torch.argsort(ids, dim=-1, stable=True)
+    grouped, grouped_real = ids.gather(1, order), real.gather(1, order)
+    count = grouped_real.cumsum(-1)
+    starts = torch.ones_like(grouped, dtype=torch.bool)
+    starts[:, 1:] = grouped[:, 1:] != grouped[:, :-1]
+    before_doc = torch.cummax(torch.where(starts, count - grouped_real, torch.zeros_like(count)), dim=-1).values
+    positions = torch.empty_like(count).scatter_(1, order, (count - before_doc - 1).clamp(min=0))
+    return positions * real
 
 
 def _intervals(causal=True, document_ids=None, position_ids=None, padding_mask=None, sequence_length=None):
