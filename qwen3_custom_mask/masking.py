@@ -317,6 +317,10 @@ def flash_documents(intervals, causal: bool, keys: torch.Tensor, call: dict, kv_
     return None, {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest, "is_causal": causal}
 
 
+def unbounded_layers(strategy, num_layers: int) -> list[int]:
+    return [idx for idx in range(num_layers) if strategy.for_layer(idx).cache_bounds() is None]
+
+
 def bound_cache(body, cache: BoundedCache, padding: torch.Tensor, user_mask: bool) -> None:
     """At prefill, tells a BoundedCache which positions the strategy can still show a future query."""
     starts = torch.where(padding.any(-1), first_real_token(padding), NOT_STARTED)
@@ -329,8 +333,10 @@ def bound_cache(body, cache: BoundedCache, padding: torch.Tensor, user_mask: boo
     if bounds is None or backend in FLASH_BACKENDS:
         why = (
             f"{backend} reads keys as one contiguous range" if bounds is not None
+            else "a 4D attention_mask may show a query any earlier token" if user_mask
+            else f"layers {unbounded_layers(strategy, len(body.layers))} use a strategy that lets a query see arbitrarily old tokens"
+            if strategy.name == "layers"
             else f"the mask strategy {strategy.name!r} lets a query see arbitrarily old tokens"
-            if not user_mask else "a 4D attention_mask may show a query any earlier token"
         )
         raise ValueError(
             f"BoundedCache cannot be used here: {why}. Use it with a bounded strategy (sliding_window, "

@@ -290,6 +290,14 @@ class LayeredStrategy(Strategy):
     def for_layer(self, layer_idx: int) -> Strategy:
         return self.by_layer[layer_idx]
 
+    def cache_bounds(self) -> tuple[int, int] | None:
+        # One BoundedCache serves every layer: it keeps the loosest group's bounds (each layer's mask still
+        # hides what its own strategy hides); one unbounded group leaves nothing to drop.
+        bounds = [s.cache_bounds() for _, s in self.groups]
+        if any(b is None for b in bounds):
+            return None
+        return max(b[0] for b in bounds), max(b[1] for b in bounds)
+
     @property
     def places_tokens(self) -> bool:
         return any(s.places_tokens for _, s in self.groups)

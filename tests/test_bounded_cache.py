@@ -13,6 +13,8 @@ BOUNDED = {
     "attention_sinks": {"name": "attention_sinks", "sinks": 2, "window": 4},
     "chunked": {"name": "chunked", "chunk_size": 5},
     "and": {"and": ["causal", {"name": "sliding_window", "window": 3}]},
+    # Every group bounded: the cache keeps the loosest bounds (here sinks 1 + window 5), each layer its own mask.
+    "layers": {"layers": {"0": {"name": "sliding_window", "window": 3}, "1": {"name": "attention_sinks", "sinks": 1, "window": 5}}},
 }
 NEW_TOKENS = 40  # ten times the window
 
@@ -40,6 +42,9 @@ def test_bounded_cache_refuses_unbounded_strategies(model_for):
     model = model_for("sdpa", "prefix_lm")
     with pytest.raises(ValueError, match="BoundedCache cannot be used here.*arbitrarily old tokens"):
         model.generate(torch.tensor([[1, 2, 3]]), prefix_lengths=[2], max_new_tokens=2, past_key_values=BoundedCache())
+    model.set_mask_strategy({"layers": {"0": {"name": "sliding_window", "window": 3}, "1": "causal"}})
+    with pytest.raises(ValueError, match=r"BoundedCache cannot be used here: layers \[1\] use a strategy that lets a query see arbitrarily old"):
+        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, past_key_values=BoundedCache())
 
 
 def test_bounded_cache_cannot_be_cropped(model_for):
