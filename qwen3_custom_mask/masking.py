@@ -195,6 +195,12 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
         total = max(total, seen)
     if is_4d:
         check_user_mask(attention_mask, batch_size=batch_size, num_heads=config.num_attention_heads, q_length=q_length, kv_lengths=(seen, total))
+        if attention_mask.dtype.is_floating_point and not _compiling() and (attention_mask.isnan() | (attention_mask == float("inf"))).any():
+            bad = (attention_mask.isnan() | (attention_mask == float("inf"))).nonzero()[0].tolist()
+            raise ValueError(
+                f"The 4D float attention_mask holds NaN or +inf (first at index {bad}), which makes the logits NaN. "
+                f"An additive mask holds 0 to attend and torch.finfo(dtype).min to block; or pass a bool mask."
+            )
         if attention_mask.dtype.is_floating_point and backend in DENSE_FLOAT_BACKENDS and not bounded and not body.has_sliding_layers:
             # Stock's meaning: an additive mask (or bias) handed to the attention as it is, for every layer.
             return {layer_type: attention_mask for layer_type in sizes}, position_ids

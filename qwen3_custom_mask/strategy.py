@@ -386,10 +386,32 @@ def _resolve(spec: Any, top_level: bool) -> Strategy:
     missing = [k for k, default in accepted.items() if default is inspect.Parameter.empty and k not in params]
     if missing:
         raise TypeError(f"Mask strategy {entry.name!r} needs parameter(s) {missing}.")
+    _check_param_values(entry, params)
     strategy = MaskStrategy(entry, dict(params))
     if not entry.inputs:
         strategy.mask_mod()  # validates the values now, not mid-forward
     return strategy
+
+
+# Positions are int64 and flash-attention's windows int32: a larger integer parameter can only overflow later.
+LARGEST_PARAM = 2**31 - 1
+
+
+def _check_param_values(entry, params: Mapping[str, Any]) -> None:
+    """Checks every strategy's parameters when the strategy is set (also those of strategies with per-call
+    inputs, whose factory runs only at the first forward): a flag whose default is a bool takes a bool, and
+    no integer overflows what positions and kernels hold."""
+    for key, value in params.items():
+        default = entry.parameters.get(key)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{entry.name}: {key} must be true or false, got {value!r}.")
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        for number in numbers:
+            if isinstance(number, int) and not isinstance(number, bool) and abs(number) > LARGEST_PARAM:
+                raise ValueError(
+                    f"{entry.name}: {key}={number} is larger than {LARGEST_PARAM} (2**31 - 1), longer than any sequence; "
+                    f"for no limit use a strategy without one (e.g. 'causal' instead of a huge sliding_window)."
+                )
 
 
 SPEC_FILE_SUFFIXES = (".json", ".yaml", ".yml")

@@ -26,6 +26,10 @@ def test_unknown_strategy_lists_the_known_ones(checkpoint):
         ({"name": "sliding_window", "window": -4}, ValueError, "positive integer"),
         ({"name": "sliding_window", "window": 2.5}, ValueError, "positive integer"),
         ({"name": "sliding_window", "window": True}, ValueError, "positive integer"),
+        ({"name": "document", "causal": "yes"}, ValueError, "document: causal must be true or false, got 'yes'"),
+        ({"name": "sliding_window", "window": 10**30}, ValueError, r"window=10{30} is larger than 2147483647"),
+        ({"name": "attention_sinks", "sinks": 2**40, "window": 4}, ValueError, r"sinks=\d+ is larger than"),
+        ({"and": ["causal", {"name": "document", "causal": 1}]}, ValueError, "causal must be true or false"),
         ({"window": 3}, TypeError, "spec is a name such as 'prefix_lm', a dict"),
         (42, TypeError, "spec is a name"),
     ],
@@ -59,6 +63,17 @@ def test_bad_attention_masks(model_for, make_mask, error, match):
     ids, _, _ = left_padded()
     with pytest.raises(error, match=match):
         model(ids, attention_mask=make_mask())
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex_attention"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_nan_in_an_additive_4d_mask_is_refused(model_for, backend, bad):
+    model = model_for(backend, "causal")
+    ids, _, _ = left_padded()
+    mask = torch.zeros(2, 1, 12, 12)
+    mask[1, 0, 5, 3] = bad
+    with pytest.raises(ValueError, match=r"holds NaN or \+inf \(first at index \[1, 0, 5, 3\]\).*finfo"):
+        model(ids, attention_mask=mask)
 
 
 def test_bad_4d_mask_in_generate(model_for):
