@@ -18,6 +18,7 @@ import argparse
 import inspect
 import json
 import logging
+import re
 import sys
 
 EXIT_USAGE = 2
@@ -28,9 +29,13 @@ class UserError(Exception):
 
 
 def _value(text: str):
-    """``3`` -> 3, ``[1, 2]`` -> [1, 2], ``true`` -> True, anything else stays a string."""
+    """``3`` -> 3, ``[1, 2]`` or ``1,2`` -> [1, 2], ``true`` -> True, anything else stays a string."""
     try:
         return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return [json.loads(part) for part in text.split(",")] if "," in text else text
     except json.JSONDecodeError:
         return text
 
@@ -78,10 +83,13 @@ def cmd_list(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ show
 def cmd_show(args) -> None:
+    strategy = _spec(args.strategy, _pairs(args.param, "--param"))  # torch-free: a bad spec answers at once
+    inputs = _pairs(args.input, "--input")
+    for key, value in inputs.items():
+        if isinstance(value, str):
+            raise UserError(f"--input {key}={value}: give numbers, e.g. {key}=0,0,1,1 or {key}=[3] (one value per token or per sample)")
     from .draw import density, mask_matrix, save_png, to_ascii
 
-    strategy = _spec(args.strategy, _pairs(args.param, "--param"))
-    inputs = _pairs(args.input, "--input")
     matrix = mask_matrix(strategy, args.length, head=args.head, layer=args.layer, num_heads=args.num_heads, **inputs)
     print(f"{json.dumps(strategy.to_dict())}  ({args.length} tokens, ■ = attend)")
     print(to_ascii(matrix))
@@ -117,23 +125,51 @@ def _load(model_id: str | None, strategy, backend: str, device: str, dtype: str)
 
 
 BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
-def _model_path(model_id: str | None) -> str:
-    """The embedded default, a local folder, or a hub id; a path that looks local must exist."""
+def _check_flags(args) -> None:
+    """The flag mistakes that need no model, answered before torch is imported (a model load takes seconds)."""
+    import difflib
+
+    def near(value, choices):
+        close = difflib.get_close_matches(value, choices, n=1)
+        return f"did you mean {close[0]}? " if close else ""
+
+    backend = getattr(args, "backend", None)
+    if backend is not None and backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r} is not an attention backend; {near(backend, BACKENDS)}use one of {', '.join(BACKENDS)}")
+    dtype = getattr(args, "dtype", None)
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r} is not a torch dtype; {near(dtype, DTYPES)}use float32, bfloat16 or float16")
+    device = getattr(args, "device", None)
+    if device is not None and not re.fullmatch(r"(cpu|cuda|mps|xpu|npu|hpu|meta)(:\d+)?|\d+", device):
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
+    if getattr(args, "model", None):
+        _model_path_exists(args.model)
+    if getattr(args, "strategy", None) and args.command in ("generate", "export"):
+        _spec(args.strategy)  # torch-free
+
+
+def _model_path_exists(model_id: str) -> str:
+    """A path that looks local (absolute, ./, ~, or several parts that are no hub id) must be a checkpoint folder."""
     import os
 
-    from .default import default_checkpoint
-
-    if not model_id:
-        return str(default_checkpoint())
-    local = os.path.isabs(model_id) or model_id.startswith((".", "~")) or os.path.exists(model_id)
     path = os.path.expanduser(model_id)
+    hub_like = re.fullmatch(r"[\w.-]+/[\w.-]+", model_id) is not None and not model_id.startswith(".")
+    local = os.path.isabs(model_id) or model_id.startswith((".", "~")) or os.path.exists(path) or not hub_like
     if local and not os.path.isdir(path):
         raise UserError(f"--model {model_id}: no such folder (a checkpoint folder with config.json, or a hub id like Qwen/Qwen3-0.6B)")
     if local and not os.path.isfile(os.path.join(path, "config.json")):
         raise UserError(f"--model {model_id}: the folder has no config.json (is it a checkpoint folder?)")
     return path
+
+
+def _model_path(model_id: str | None) -> str:
+    """The embedded default, a local folder, or a hub id; a path that looks local must exist."""
+    from .default import default_checkpoint
+
+    return str(default_checkpoint()) if not model_id else _model_path_exists(model_id)
 
 
 def _check_device(device: str) -> None:
@@ -278,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen3-mask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    # -v after the command too (qwen3-mask demo -v); SUPPRESS keeps a -v given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress and show tracebacks")
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[verbose] if k.get("add_help", True) else [], **k)
 
     sub.add_parser("list", help="registered strategies, their parameters and inputs")
 
@@ -327,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command in ("generate", "demo", "export"):  # flag mistakes answer before anything heavy is imported
+        try:
+            _check_flags(args)
+        except (UserError, ValueError, TypeError, KeyError) as err:
+            message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+            print(f"qwen3-mask: error: {message}", file=sys.stderr)
+            return EXIT_USAGE
     if not args.verbose and args.command not in ("list", "show"):  # those two answer without loading transformers
         from transformers.utils import logging as hf_logging
 

@@ -32,6 +32,7 @@ from .registry import mask_input_names
 _STEP_INPUTS: contextvars.ContextVar[dict] = contextvars.ContextVar("qwen3_custom_mask_step_inputs", default={})
 
 ASSISTED_MODES = (GenerationMode.ASSISTED_GENERATION,)
+GENERATE_CACHE_KWARG = generate_cache_kwarg()  # read once: torch.compile sees a plain string
 
 
 class MaskedGenerationMixin:
@@ -128,7 +129,8 @@ class MaskedGenerationMixin:
         if inputs_embeds is not None and is_first_iteration:
             new = inputs_embeds.shape[1]
         else:
-            new = next_sequence_length if next_sequence_length is not None else input_ids.shape[1]
+            # int(): before 5.11 a static cache's length is a tensor, and generate() derives this from it
+            new = int(next_sequence_length) if next_sequence_length is not None else input_ids.shape[1]
         seen = past + new
         step_inputs = {name: kwargs[name] for name in strategy.inputs if kwargs.get(name) is not None}
         if "document_ids" in step_inputs:  # generated tokens join the last document
@@ -145,7 +147,7 @@ class MaskedGenerationMixin:
             step_inputs["prompt_attention_mask"] = kwargs["prompt_attention_mask"]
         token = _STEP_INPUTS.set(step_inputs)
         try:
-            kwargs[generate_cache_kwarg()] = cache
+            kwargs[GENERATE_CACHE_KWARG] = cache
             model_inputs = super().prepare_inputs_for_generation(
                 input_ids,
                 next_sequence_length=next_sequence_length,

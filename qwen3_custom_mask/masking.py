@@ -42,6 +42,7 @@ from .masks._checks import first_real_token
 from .masks.user_mask import check_user_mask, user_mask
 
 DENSE_FLOAT_BACKENDS = ("eager", "sdpa")
+MASK_CACHE_KWARG = mask_cache_kwarg()  # read once: torch.compile sees a plain string
 
 
 class LayerMasks(dict):
@@ -134,18 +135,23 @@ def padding_mask(attention_mask, batch_size: int, seen, total: int, device) -> t
 def stock_causal_masks(body, inputs_embeds, attention_mask, cache, position_ids) -> dict:
     """Plain causal: stock's builders, so the default is exactly stock Qwen3."""
     kwargs = dict(config=body.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
-    kwargs[mask_cache_kwarg()] = cache  # `cache` from transformers 5.24, `past_key_values` before
+    kwargs[MASK_CACHE_KWARG] = cache  # `cache` from transformers 5.24, `past_key_values` before
     masks = {"full_attention": create_causal_mask(**kwargs)}
     if body.has_sliding_layers:
         masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
     return masks
 
 
+def is_bidirectional(form: dict | None) -> bool:
+    # Not `form == {...}`: torch 2.11's dynamo fails tracing `None == dict` (len(None) in its dict polyfill).
+    return form is not None and form == {"is_causal": False}
+
+
 def sliding_layer_overlay(form: dict | None, window: int):
     """What a config's sliding layer adds to a strategy: keys less than ``window`` positions away on either side
     (for a causal strategy, stock's sliding window), or, for the bidirectional strategy, stock's bidirectional
     window ``|q - kv| <= window`` (so that a stock ``is_causal: false`` checkpoint runs as stock runs it)."""
-    reach = window if form == {"is_causal": False} else window - 1  # how far on either side a key may be
+    reach = window if is_bidirectional(form) else window - 1  # how far on either side a key may be
 
     def within(batch_idx, head_idx, q_idx, kv_idx):
         return (q_idx - kv_idx).abs() <= reach
@@ -281,7 +287,7 @@ def _lower(body, backend, mask_mod, form, intervals, layer_type, padding, dtype,
         overlay = sliding_layer_overlay(form, body.config.sliding_window)
         mask_mod = and_masks(mask_mod, overlay)
         intervals = and_intervals([intervals, overlay.intervals]) if intervals is not None else None
-    elif form == {"is_causal": False} and backend == "sdpa" and call["kv_positions"] is None and not _compiling():
+    elif is_bidirectional(form) and backend == "sdpa" and call["kv_positions"] is None and not _compiling():
         if bool(keys.all()):
             return None, {"is_causal": False}  # sdpa's no-mask fast path
     return lower(backend, mask_mod, dtype=dtype, intervals=intervals, kv_offset=kv_offset, kv_length=kv_length, **call), {}

@@ -47,6 +47,9 @@ from .strategy import Strategy, resolve_strategy
 
 logger = logging.getLogger(__name__)
 
+# Read once here: a plain string is what torch.compile sees in forward (it cannot trace the probe).
+CACHE_KWARG = forward_cache_kwarg()
+
 # Per-call inputs of the built-in strategies. They are named in every forward() signature (see
 # `with_mask_inputs`), so that Trainer's default remove_unused_columns=True keeps those dataset columns.
 BUILTIN_MASK_INPUTS = ("prefix_lengths", "document_ids", "draft_tree")
@@ -155,7 +158,7 @@ class CustomQwen3Model(Qwen3Model):
             attention_mask, position_ids = self.attention_masks(
                 input_ids, attention_mask, cache, position_ids, inputs_embeds, prompt_mask, **mask_inputs
             )
-        kwargs[forward_cache_kwarg()] = cache
+        kwargs[CACHE_KWARG] = cache
         with cpu_flex_static_shapes(self.config, self.embed_tokens.weight.device):
             return super().forward(
                 input_ids=input_ids,

@@ -14,6 +14,7 @@ strategies in strategy.py.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 from collections.abc import Callable
@@ -188,8 +189,10 @@ def get_mask(name: str) -> MaskEntry:
     if name not in _MASKS:
         _load_entry_points()
     if name not in _MASKS:
+        close = difflib.get_close_matches(str(name), available_masks(), n=1)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
         raise UnknownMaskError(
-            f"Unknown mask strategy {name!r}. Known strategies: {', '.join(available_masks())}. "
+            f"Unknown mask strategy {name!r}. {hint}Known strategies: {', '.join(available_masks())}. "
             f"Register your own with @qwen3_custom_mask.register_mask({name!r}), or install the package that "
             f"provides it (it registers through the {ENTRY_POINT_GROUP!r} entry-point group)."
         )

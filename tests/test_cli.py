@@ -124,6 +124,31 @@ def test_list_and_help_do_not_load_torch():
     assert "sliding_window" in proc.stdout
 
 
+@pytest.mark.parametrize("args,message", [
+    (["generate", "--backend", "sdpaa", "hi"], "--backend 'sdpaa' is not an attention backend; did you mean sdpa?"),
+    (["generate", "--dtype", "float64x", "hi"], "--dtype 'float64x' is not a torch dtype; did you mean float64?"),
+    (["generate", "--device", "gpu0", "hi"], "--device 'gpu0' is not a device"),
+    (["generate", "--strategy", "slidng_window", "hi"], "Did you mean 'sliding_window'?"),
+    (["generate", "--model", "./no/such/folder", "hi"], "--model ./no/such/folder: no such folder"),
+    (["export", "--model", "missing_folder", "--stock", "out"], "--model missing_folder: no such folder"),
+    (["show", "no_such"], "Unknown mask strategy 'no_such'"),
+    (["show", "document", "--input", "document_ids=a,b"], "give numbers, e.g. document_ids=0,0,1,1"),
+    (["demo", "-v", "--backend", "nope"], "--backend 'nope' is not an attention backend"),
+])
+def test_flag_mistakes_answer_before_torch_is_imported(args, message):
+    """One line, exit 2, and torch never imported: the answer does not wait for a model load."""
+    code = (f"import sys; sys.argv = ['qwen3-mask']; from qwen3_custom_mask.cli import main; rc = main({args!r}); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_show_takes_comma_separated_inputs():
+    out = cli("show", "document", "--input", "document_ids=0,0,1,1", "--length", "4").stdout
+    assert "  2   ⬚ ⬚ ■ ⬚" in out
+
+
 def test_generate_streams_and_batches(home):
     single = cli("generate", "--max-new-tokens", "4", "--strategy", "configs/prefix_lm.yaml", "Hello there", home=home)
     assert single.stdout.strip()  # streamed text
