@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 # The transformers releases CI proves (floor and newest; .ci/run installs both). Lift the upper one when a
 # new release passes the suite and `qwen3-mask selfcheck`.
-TESTED = ("5.10.4", "5.24.0")
+TESTED = ("5.4.0", "5.24.0")
 CACHE_NAMES = ("cache", "past_key_values")  # newest first
 
 
@@ -122,6 +122,16 @@ def generate_cache_kwarg() -> str:
 
 def mask_cache_kwarg() -> str:
     return internals()["masks"]
+
+
+def checkpointing_argument() -> str:
+    """TrainingArguments' switch for activation (gradient) checkpointing: renamed in 5.2x, the old name deprecated."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def pop_cache(kwargs: dict, given=None):

@@ -35,6 +35,7 @@ import yaml
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, resolve_strategy
+from qwen3_custom_mask.compat import checkpointing_argument
 from qwen3_custom_mask.packing import IGNORE_INDEX
 from qwen3_custom_mask.training import OBJECTIVES, CountingCollator, collator_for, pack_dataset
 
@@ -234,7 +235,7 @@ def main(argv=None):
             logging_steps=args.logging_steps,
             save_strategy="no",
             report_to="none",
-            activation_checkpointing=args.gradient_checkpointing,
+            **{checkpointing_argument(): args.gradient_checkpointing},
             bf16=bf16,
             use_cpu=not use_cuda,
             seed=args.seed,

@@ -40,9 +40,10 @@ def reference_logits(
     inner = model.model
     batch, length = input_ids.shape
     n_heads, n_kv, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    device = input_ids.device
     if position_ids is None:
-        position_ids = torch.arange(length).expand(batch, length)
-    inv_freq = 1.0 / (cfg.rope_parameters["rope_theta"] ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        position_ids = torch.arange(length, device=device).expand(batch, length)
+    inv_freq = 1.0 / (cfg.rope_parameters["rope_theta"] ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
     angles = position_ids[..., None].float() * inv_freq  # (B, L, D/2)
     cos, sin = torch.cat([angles, angles], -1).cos()[:, None], torch.cat([angles, angles], -1).sin()[:, None]
 
