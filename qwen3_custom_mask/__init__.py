@@ -15,6 +15,10 @@ __version__ = "0.1.0"
 # Where each public name lives; resolved on first use (PEP 562), so that light modules stay light.
 _EXPORTS = {
     "BoundedCache": "cache",
+    "PackingCollator": "packing",
+    "pack_examples": "packing",
+    "pack_dataset": "training",
+    "default_checkpoint": "default",
     "CustomQwen3Config": "configuration",
     "CustomQwen3ForCausalLM": "modeling",
     "CustomQwen3ForQuestionAnswering": "modeling",

@@ -95,7 +95,7 @@ def cmd_show(args) -> None:
     print(to_ascii(matrix))
     print(f"density {density(matrix):.3f} ({int(matrix.sum())} of {matrix.numel()} pairs)")
     if args.png:
-        save_png(matrix, args.png, cell=args.cell)
+        save_png(matrix, args.png, cell=args.cell, title=f"{json.dumps(strategy.to_dict())}  ({args.length} tokens)")
         print(f"wrote {args.png}")
 
 
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--num-heads", type=int)
     show.add_argument("--layer", type=int, default=0)
     show.add_argument("--png", help="also write the mask as a PNG")
-    show.add_argument("--cell", type=int, default=8, help="PNG pixels per cell")
+    show.add_argument("--cell", type=int, default=24, help="PNG pixels per cell")
 
     def model_args(p):
         p.add_argument("--model", help="checkpoint path or hub id (default: the embedded default)")

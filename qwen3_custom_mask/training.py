@@ -22,7 +22,7 @@ import torch
 
 from transformers import default_data_collator
 
-from .packing import IGNORE_INDEX, QWEN3_PAD, pack_examples
+from .packing import IGNORE_INDEX, QWEN3_PAD, PackingCollator, pack_examples  # noqa: F401  (PackingCollator: also importable from here)
 
 OBJECTIVES = ("causal_lm", "prefix_lm_sft", "mntp")
 

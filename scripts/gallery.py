@@ -37,7 +37,7 @@ def main():
         blocks.append((title, ["".join(VISIBLE if v else HIDDEN for v in row) for row in matrix.tolist()], density(matrix)))
         if args.png:
             args.png.mkdir(parents=True, exist_ok=True)
-            save_png(matrix, args.png / f"{title.split('(')[0].split('[')[0]}.png", cell=16)
+            save_png(matrix, args.png / f"{title.split('(')[0].split('[')[0]}.png", cell=24, title=title)
     width = 30
     for start in range(0, len(blocks), 3):
         row = blocks[start : start + 3]

@@ -16,14 +16,23 @@ def test_ascii_drawing_is_the_docstring_drawing(spec, inputs, module):
     assert torch.equal(parsed, drawing(module))
 
 
-def test_png_pixels_follow_the_mask(tmp_path):
+def test_png_cells_follow_the_mask_with_a_title_and_labels(tmp_path):
+    from qwen3_custom_mask.draw import png_cell_box
+
     path = tmp_path / "sinks.png"
-    matrix = draw_png({"name": "attention_sinks", "sinks": 1, "window": 3}, path, length=12, cell=4)
+    spec = {"name": "attention_sinks", "sinks": 1, "window": 3}
+    matrix = draw_png(spec, path, length=12, cell=24)
     image = Image.open(path)
-    assert image.format == "PNG" and image.size == (48, 48)
-    pixels = torch.tensor(list(image.getdata()), dtype=torch.int32).view(48, 48)
-    dark = pixels[2::4, 2::4] < 128  # centre of every cell
-    assert torch.equal(dark, matrix)
+    assert image.format == "PNG" and image.width >= 12 * 24 and image.height >= 12 * 24  # readable as it is
+    pixels = torch.tensor(list(image.getdata()), dtype=torch.int32).view(image.height, image.width)
+    title = '{"name": "attention_sinks", "sinks": 1, "window": 3}  (12 tokens)'
+    for q in range(12):
+        for k in range(12):
+            x0, y0, x1, y1 = png_cell_box(matrix, q, k, 24, title)
+            assert (pixels[(y0 + y1) // 2, (x0 + x1) // 2] < 128) == bool(matrix[q, k]), (q, k)
+            assert pixels[y0, (x0 + x1) // 2] == 160  # the grid line
+    x0, y0, _, _ = png_cell_box(matrix, 0, 0, 24, title)
+    assert (pixels[:y0 - 2, :] < 128).any() and (pixels[y0:, : x0 - 2] < 128).any()  # title, key and query labels
     assert matrix[11, 0] and not matrix[11, 1]  # the sink stays, the middle is gone
 
 

@@ -54,6 +54,37 @@ def test_user_strategy_from_the_readme_runs_in_the_model(model_for, scratch_name
     torch.testing.assert_close(out[mask.bool()], ref[mask.bool()], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@torch.no_grad()
+def test_readme_padding_aware_strategy_gives_a_row_batched_what_it_gives_alone(model_for, scratch_names, backend):
+    """README "Your own strategy": a mask that always sees the first token must find it through padding_mask;
+    `kv_idx == 0` would see a pad token in a left-padded row, so the row batched differs from the row alone."""
+
+    @register_mask("first_token_and_window")
+    def first_token_and_window(window: int = 4, padding_mask=None):
+        # padding_mask: (batch, keys) bool, True on real tokens; a row's first real token moves with left padding
+        first = padding_mask.int().argmax(-1) if padding_mask is not None else torch.zeros(1, dtype=torch.long)
+
+        def mask_mod(batch_idx, head_idx, q_idx, kv_idx):
+            return (kv_idx <= q_idx) & ((q_idx - kv_idx < window) | (kv_idx == first[batch_idx]))
+
+        return mask_mod
+
+    @register_mask("token_zero_and_window")
+    def token_zero_and_window(window: int = 4):  # the naive version: position 0 is padding in a padded row
+        def mask_mod(batch_idx, head_idx, q_idx, kv_idx):
+            return (kv_idx <= q_idx) & ((q_idx - kv_idx < window) | (kv_idx == 0))
+
+        return mask_mod
+
+    ids, mask, positions = left_padded(pads=(3, 0))
+    for name, same in (("first_token_and_window", True), ("token_zero_and_window", False)):
+        model = model_for(backend, {"name": name, "window": 2})
+        batched = model(ids, attention_mask=mask, position_ids=positions).logits[0, 3:]
+        alone = model(ids[:1, 3:]).logits[0]
+        assert torch.allclose(batched, alone, atol=1e-5) is same, name
+
+
 def test_registering_a_name_twice_needs_replace(scratch_names):
     register_mask("twice")(lambda: (lambda b, h, q, kv: kv <= q))
     with pytest.raises(ValueError, match="already registered.*replace=True"):
