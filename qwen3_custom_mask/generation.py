@@ -197,6 +197,14 @@ class MaskedGenerationMixin:
         # (a continued cache) against the new keys, and every row against the next position; later, every
         # earlier row against each new key (assisted decoding adds several) and the next position.
         keys = torch.arange(seen if first and not past else past, seen + 1, device=device)
+        if first:  # inputs that do not fit the tokens read so far (a prefix past the prompt or the first chunk)
+            for strategy, _ in self.model.mask_groups:
+                try:
+                    strategy.mask_mod(**step_inputs, padding_mask=padding[:, :seen], num_heads=heads, sequence_length=seen)
+                except ValueError as err:
+                    raise ValueError(f"{err} (counting the real tokens of the {seen} positions read so far.) In generate(), "
+                                     f"it must lie inside the prompt (with prefill_chunk_size, inside the first chunk: a chunk "
+                                     f"is cached before the next is read).") from None
         for strategy, _ in self.model.mask_groups:
             mask_mod = strategy.mask_mod(**inputs, padding_mask=padding, num_heads=heads, sequence_length=seen + 1)
             seen_by = dense_mask(

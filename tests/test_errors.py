@@ -272,3 +272,14 @@ def test_generate_with_a_prefix_longer_than_the_prompt_says_so(model_for, use_ca
     ids, mask, _ = left_padded()  # row 0: 9 real tokens
     with pytest.raises(ValueError, match=r"prefix_lengths \[10, 6\] exceed the number of tokens in each sample \[9, 12\]"):
         model.generate(ids, attention_mask=mask, prefix_lengths=torch.tensor([10, 6]), max_new_tokens=2, use_cache=use_cache)
+
+
+def test_a_prefix_past_a_rows_first_chunk_counts_its_real_tokens(model_for):
+    """prefill_chunk_size + left padding, a row whose first chunk is all padding: the counts are its real tokens
+    read so far (not the probed next slot), and the message says the prefix must fit the first chunk."""
+    model = model_for("sdpa", "prefix_lm")
+    ids = torch.randint(0, 250, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :4] = 0
+    with pytest.raises(ValueError, match=r"exceed the number of tokens in each sample \[4, 0\].*inside the first chunk"):
+        model.generate(ids, attention_mask=mask, prefix_lengths=torch.tensor([3, 3]), max_new_tokens=2, prefill_chunk_size=4, pad_token_id=255)
