@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
             print(f"qwen3-mask: error: {message}", file=sys.stderr)
             return EXIT_USAGE
-    if not args.verbose and args.command not in ("list", "show"):  # those two answer without loading transformers
+    # list and show answer without loading transformers; finetune and bench set their own logging after their checks
+    if not args.verbose and args.command not in ("list", "show", "finetune", "bench"):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()

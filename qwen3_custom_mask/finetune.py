@@ -25,28 +25,35 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
-import torch
-import transformers
-import yaml
-from transformers import AutoTokenizer, Trainer, TrainingArguments
+from qwen3_custom_mask.recipes import OBJECTIVES, describe, recipe_path
 
-from qwen3_custom_mask import CustomQwen3ForCausalLM, resolve_strategy
-from qwen3_custom_mask.compat import checkpointing_argument
-from qwen3_custom_mask.packing import IGNORE_INDEX
-from qwen3_custom_mask.training import OBJECTIVES, CountingCollator, collator_for, pack_dataset
+# torch, transformers and the model code are imported by main() once the arguments are checked: `--help`, a
+# missing --model or --data answer in a fraction of a second, not after seconds of imports.
+IGNORE_INDEX = -100  # == qwen3_custom_mask.packing.IGNORE_INDEX
 
 logger = logging.getLogger("finetune")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument mistakes in one line (the `qwen3-mask` convention), not the usage block."""
+
+    def error(self, message):
+        raise SystemExit(f"error: {message} (see --help)")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint directory or hub id (official Qwen3 layout)")
-    parser.add_argument("--data", required=True, help="local .json/.jsonl/.txt file or a datasets hub name")
-    parser.add_argument("--recipe", help="a configs/*.yaml file: mask_strategy + training defaults")
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint directory or hub id (official Qwen3 layout); required")
+    parser.add_argument("--data", help="local .json/.jsonl/.txt file or a datasets hub name; required")
+    parser.add_argument("--recipe", help="a shipped recipe by name (packed_sft, prefix_lm, ...; see --list-recipes) "
+                                         "or a .yaml file: mask_strategy + training defaults")
+    parser.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
     parser.add_argument("--strategy", help="mask strategy: a name, a JSON spec, or a .json/.yaml file (overrides the recipe)")
     parser.add_argument("--objective", choices=OBJECTIVES, help="training objective (default: from the recipe, else causal_lm)")
     parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None, help="pack examples into rows (document strategy)")
@@ -73,10 +80,44 @@ def parse_args(argv=None):
     parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logging-steps", type=int, default=10)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.list_recipes:
+        print(describe())
+        raise SystemExit(0)
+    for flag in ("model", "data"):
+        if not getattr(args, flag):
+            parser.error(f"the following arguments are required: --{flag}")
+    return args
+
+
+def looks_local(text: str) -> bool:
+    """A path rather than a hub id: absolute, ./ or ~, a file suffix, or not of the form ``owner/name``."""
+    return (os.path.isabs(text) or text.startswith((".", "~")) or Path(text).suffix in (".json", ".jsonl", ".txt", ".yaml")
+            or re.fullmatch(r"[\w.-]+/[\w.-]+", text) is None)
+
+
+def check_args(args) -> None:
+    """Mistakes that need no model answer before anything heavy is imported; a local-looking path that does not
+    exist is never tried on the Hub."""
+    model = os.path.expanduser(args.model)
+    if (looks_local(args.model) or os.path.exists(model)) and not os.path.isfile(os.path.join(model, "config.json")):
+        what = "no such folder" if not os.path.isdir(model) else "the folder has no config.json"
+        raise SystemExit(f"error: --model {args.model}: {what} (a checkpoint folder, or a hub id like Qwen/Qwen3-0.6B)")
+    data = os.path.expanduser(args.data)
+    if looks_local(args.data) and not os.path.isfile(data):
+        raise SystemExit(f"error: --data {args.data}: no such file (a local .json/.jsonl/.txt file, or a datasets hub name like owner/name)")
+    if args.recipe:
+        try:
+            args.recipe = str(recipe_path(args.recipe))
+        except FileNotFoundError as err:
+            raise SystemExit(f"error: {err}") from None
 
 
 def load_recipe(args):
+    import yaml
+
+    from qwen3_custom_mask.strategy import resolve_strategy
+
     recipe = {}
     if args.recipe:
         data = yaml.safe_load(Path(args.recipe).read_text()) or {}
@@ -98,7 +139,7 @@ def load_recipe(args):
 def load_data(args):
     from datasets import load_dataset
 
-    path = Path(args.data)
+    path = Path(args.data).expanduser()
     if path.suffix in (".json", ".jsonl") and path.is_file():
         return load_dataset("json", data_files=str(path), split="train")
     if path.suffix == ".txt" and path.is_file():
@@ -145,6 +186,8 @@ def log_throughput(collator: CountingCollator, seconds: float) -> None:
     """Real tokens trained per second (this process), and the padding share of what it trained on."""
     import resource
 
+    import torch
+
     padding = 100 * (1 - collator.real / max(collator.total, 1))
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     logger.info("tokens: %d real of %d (%.1f%% padding) in %.1f s: %.0f real tokens/s; peak memory %d MiB", collator.real,
@@ -153,6 +196,15 @@ def log_throughput(collator: CountingCollator, seconds: float) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from qwen3_custom_mask import CustomQwen3ForCausalLM
+    from qwen3_custom_mask.compat import checkpointing_argument
+    from qwen3_custom_mask.training import CountingCollator, collator_for, pack_dataset
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     strategy, training = load_recipe(args)

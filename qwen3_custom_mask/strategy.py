@@ -419,9 +419,12 @@ SPEC_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 
 def load_spec_file(path: str | Path) -> Any:
     """A spec from a JSON/YAML file (the presets in ``configs/``): the whole file, or its ``mask_strategy`` key."""
-    path = Path(path)
+    from .recipes import preset_names, shipped_preset
+
+    path = shipped_preset(str(path)) or Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Mask strategy file {str(path)!r} does not exist.")
+        raise FileNotFoundError(f"Mask strategy file {str(path)!r} does not exist (shipped presets, usable by name "
+                                f"from any folder: {', '.join(f'{n}.yaml' for n in preset_names())}).")
     text = path.read_text()
     if path.suffix == ".json":
         data = json.loads(text)

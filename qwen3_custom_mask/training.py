@@ -24,7 +24,7 @@ from transformers import default_data_collator
 
 from .packing import IGNORE_INDEX, QWEN3_PAD, PackingCollator, pack_examples  # noqa: F401  (PackingCollator: also importable from here)
 
-OBJECTIVES = ("causal_lm", "prefix_lm_sft", "mntp")
+from .recipes import OBJECTIVES  # noqa: E402  (torch-free, for the CLI)
 
 
 def prompt_length(feature: dict) -> int | None:

@@ -144,6 +144,42 @@ def test_flag_mistakes_answer_before_torch_is_imported(args, message):
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["finetune", "--data", "a.jsonl"], "the following arguments are required: --model"),
+    (["finetune", "--model", "/no/such", "--data", "a.jsonl"], "--model /no/such: no such folder"),
+    (["finetune", "--model", "{home}", "--data", "missing.jsonl"], "--data missing.jsonl: no such file"),
+    (["finetune", "--model", "{home}", "--data", "{data}", "--recipe", "nope"], "no shipped recipe of that name; shipped: bidirectional_llm2vec, packed_sft"),
+])
+def test_finetune_mistakes_answer_before_torch_is_imported(args, message, checkpoint, tmp_path):
+    """From another folder, without torch: never a Hub lookup for a local-looking path that does not exist."""
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    args = [a.format(home=checkpoint, data=data) for a in args]
+    code = (f"import sys; sys.argv = ['qwen3-mask']; from qwen3_custom_mask.cli import main; rc = main({args!r}); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_recipes_by_name_from_any_folder(tmp_path):
+    listed = subprocess.run([sys.executable, "-m", "qwen3_custom_mask.cli", "finetune", "--list-recipes"], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert listed.returncode == 0 and "packed_sft" in listed.stdout and "'name': 'document'" in listed.stdout
+    from qwen3_custom_mask.recipes import recipe_path
+    from qwen3_custom_mask.strategy import resolve_strategy
+
+    old = os.getcwd()
+    os.chdir(tmp_path)  # no configs/ folder here
+    try:
+        assert recipe_path("packed_sft").name == "packed_sft.yaml"
+        assert resolve_strategy("configs/prefix_lm.yaml").name == "prefix_lm"  # the README's spelling, elsewhere
+        (tmp_path / "mine.yaml").write_text("mask_strategy: bidirectional\n")
+        assert resolve_strategy("mine.yaml").name == "bidirectional" and recipe_path("mine.yaml").is_file()
+    finally:
+        os.chdir(old)
+
+
 def test_show_takes_comma_separated_inputs():
     out = cli("show", "document", "--input", "document_ids=0,0,1,1", "--length", "4").stdout
     assert "  2   ⬚ ⬚ ■ ⬚" in out
