@@ -12,7 +12,7 @@ from test_registry import scratch_names  # noqa: F401  (fixture)
 
 
 def test_unknown_strategy_lists_the_known_ones(checkpoint):
-    with pytest.raises(KeyError, match=r"Unknown mask strategy 'slidng_window'. Known strategies: .*sliding_window"):
+    with pytest.raises(KeyError, match=r"Unknown mask strategy 'slidng_window'. Did you mean 'sliding_window'\? Known strategies: .*sliding_window"):
         CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="slidng_window")
 
 
