@@ -24,7 +24,8 @@ def stock_form(strategy, config) -> dict:
     """The stock config fields that express ``strategy`` on a model with ``config``; ValueError if none do."""
     num_layers = config.num_hidden_layers
     forms = [strategy.for_layer(idx).flash_form() for idx in range(num_layers)]
-    forms = [None if form and form.get("documents") else form for form in forms]  # per-call boundaries: no config field
+    # Packed documents: served without boundaries, a row is one document, i.e. the direction alone.
+    forms = [{k: v for k, v in form.items() if k != "documents" and not (k == "is_causal" and v)} if form else form for form in forms]
     names = sorted({strategy.for_layer(idx).name for idx, form in enumerate(forms) if form is None})
     if names:
         raise ValueError(

@@ -103,7 +103,7 @@ class MaskedGenerationMixin:
         if padding is None or padding.dim() != 2:
             padding = torch.ones(inputs_tensor.shape[:2], dtype=torch.bool, device=inputs_tensor.device)
         inputs = {name: model_kwargs[name] for name in strategy.inputs if model_kwargs.get(name) is not None}
-        return strategy.position_ids(**inputs, padding_mask=padding.bool(), sequence_length=padding.shape[1])
+        return strategy.position_ids(**inputs, padding_mask=padding.bool(), sequence_length=padding.shape[1], training=False)
 
     def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
         # Mask inputs travel through **kwargs, which generate()'s typo check does not see; forward() rejects
@@ -200,13 +200,13 @@ class MaskedGenerationMixin:
         if first:  # inputs that do not fit the tokens read so far (a prefix past the prompt or the first chunk)
             for strategy, _ in self.model.mask_groups:
                 try:
-                    strategy.mask_mod(**step_inputs, padding_mask=padding[:, :seen], num_heads=heads, sequence_length=seen)
+                    strategy.mask_mod(**step_inputs, padding_mask=padding[:, :seen], num_heads=heads, sequence_length=seen, training=False)
                 except ValueError as err:
                     raise ValueError(f"{err} (counting the real tokens of the {seen} positions read so far.) In generate(), "
                                      f"it must lie inside the prompt (with prefill_chunk_size, inside the first chunk: a chunk "
                                      f"is cached before the next is read).") from None
         for strategy, _ in self.model.mask_groups:
-            mask_mod = strategy.mask_mod(**inputs, padding_mask=padding, num_heads=heads, sequence_length=seen + 1)
+            mask_mod = strategy.mask_mod(**inputs, padding_mask=padding, num_heads=heads, sequence_length=seen + 1, training=False)
             seen_by = dense_mask(
                 mask_mod, batch_size=batch_size, num_heads=heads, q_offset=0, q_length=seen, kv_offset=0, kv_length=0,
                 padding_mask=padding, device=device, kv_positions=keys,
@@ -219,7 +219,7 @@ class MaskedGenerationMixin:
             if (seen_by & earlier & real_rows).any():
                 if first:  # inputs that do not fit the tokens cached so far (a prefix past the prompt) say so first
                     try:
-                        strategy.mask_mod(**step_inputs, padding_mask=padding[:, :seen], num_heads=heads, sequence_length=seen)
+                        strategy.mask_mod(**step_inputs, padding_mask=padding[:, :seen], num_heads=heads, sequence_length=seen, training=False)
                     except ValueError as err:
                         raise ValueError(f"{err} In generate(), it must lie inside the prompt (with prefill_chunk_size, "
                                          f"inside the first chunk: a chunk is cached before the next is read).") from None

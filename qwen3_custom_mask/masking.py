@@ -227,7 +227,8 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
         groups = [(user_mask(as_bool_user_mask(prompt_mask).to(device)), None, None, body.all_layers)]
     else:
         strategy = body.mask_strategy
-        context = dict(mask_inputs, padding_mask=padding, position_ids=position_ids, num_heads=config.num_attention_heads)
+        context = dict(mask_inputs, padding_mask=padding, position_ids=position_ids, num_heads=config.num_attention_heads,
+                       training=body.training)
         if not _compiling():
             context["sequence_length"] = int(seen)
         if position_ids is None and strategy.places_tokens:

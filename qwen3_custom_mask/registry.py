@@ -96,7 +96,9 @@ class MaskEntry:
 #       (past + new tokens, or a static cache's full length, whose unwritten slots are False);
 #   sequence_length: past + new tokens (None while a compiled graph is traced);
 #   position_ids (batch, new) as given to forward() (None if not given); num_heads of the model.
-CONTEXT_ARGS = ("padding_mask", "sequence_length", "position_ids", "num_heads")
+#   training: whether the model is in training mode (False in generate()): a strategy may relax a requirement
+#       outside training (a `document` row without boundaries is one document).
+CONTEXT_ARGS = ("padding_mask", "sequence_length", "position_ids", "num_heads", "training")
 
 _MASKS: dict[str, MaskEntry] = {}
 _entry_points_loaded = False

@@ -289,6 +289,43 @@ def test_export_to_stock_gives_identical_logits(checkpoint, tmp_path, backend, s
     assert torch.equal(back(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@torch.no_grad()
+def test_a_document_checkpoint_works_as_saved_and_exports_its_direction(checkpoint, tmp_path, causal):
+    """Trained on packed rows, used as saved: a row without boundaries is one document (causal, or bidirectional
+    with causal=False): forward, generate and pipeline equal stock on the same weights; the export is that form."""
+    from transformers import pipeline
+
+    spec = {"name": "document", "causal": causal}
+    CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy=spec).save_pretrained(tmp_path / "saved")
+    model = CustomQwen3ForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    stock = Qwen3ForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval()
+    if not causal:
+        stock.config.is_causal = False  # stock's bidirectional switch
+    ids, mask, _ = left_padded()
+    real = mask.bool()  # padding rows carry no meaning
+    torch.testing.assert_close(model(ids, attention_mask=mask).logits[real], stock(ids, attention_mask=mask).logits[real], atol=1e-5, rtol=1e-5)
+    if causal:
+        kwargs = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=255)
+        assert torch.equal(model.generate(ids, **kwargs), stock.generate(ids, **kwargs))
+        from transformers import AutoTokenizer
+
+        from qwen3_custom_mask.default import default_checkpoint
+
+        path = default_checkpoint()  # the real Qwen3 tokenizer and vocabulary
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        ours = pipeline("text-generation", model=CustomQwen3ForCausalLM.from_pretrained(path, mask_strategy=spec), tokenizer=tokenizer)
+        theirs = pipeline("text-generation", model=Qwen3ForCausalLM.from_pretrained(path), tokenizer=tokenizer)
+        prompts = ["Hello there", "A longer prompt than the other"]
+        run = lambda pipe: pipe(prompts, max_new_tokens=4, do_sample=False, batch_size=2)  # noqa: E731
+        assert run(ours) == run(theirs)
+    export_stock(model, tmp_path / "stock")
+    exported = json.loads((tmp_path / "stock" / "config.json").read_text())
+    assert exported.get("is_causal", True) is causal
+    again = Qwen3ForCausalLM.from_pretrained(tmp_path / "stock", attn_implementation="sdpa").eval()
+    torch.testing.assert_close(again(ids, attention_mask=mask).logits[real], model(ids, attention_mask=mask).logits[real], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "spec,match",
     [

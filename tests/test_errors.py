@@ -185,7 +185,6 @@ def test_unsupported_backend_is_named(model_for, monkeypatch):
 @pytest.mark.parametrize(
     "inputs,error,match",
     [
-        ({}, ValueError, "needs document boundaries: pass document_ids"),
         ({"document_ids": torch.zeros(2, 12)}, TypeError, "document_ids must hold integers"),
         ({"document_ids": torch.zeros(3, 12, dtype=torch.long)}, ValueError, r"shape \(batch, past \+ new tokens\) = \(2, 12\)"),
         ({"document_ids": torch.zeros(2, 13, dtype=torch.long)}, ValueError, r"got \(2, 13\)"),
@@ -283,3 +282,15 @@ def test_a_prefix_past_a_rows_first_chunk_counts_its_real_tokens(model_for):
     mask[1, :4] = 0
     with pytest.raises(ValueError, match=r"exceed the number of tokens in each sample \[4, 0\].*inside the first chunk"):
         model.generate(ids, attention_mask=mask, prefix_lengths=torch.tensor([3, 3]), max_new_tokens=2, prefill_chunk_size=4, pad_token_id=255)
+
+
+def test_a_training_forward_without_document_boundaries_raises(model_for):
+    """The guard against a collator (or Trainer's column removal) that dropped document_ids."""
+    model = model_for("sdpa", "document")
+    ids, mask, _ = left_padded()
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="needs document boundaries in training: pass document_ids.*drop the column"):
+            model(ids, attention_mask=mask, labels=ids)
+    finally:
+        model.eval()

@@ -27,23 +27,27 @@ from __future__ import annotations
 from ..registry import register_mask
 
 
-def document_ids_of(document_ids, position_ids, padding_mask, sequence_length=None) -> torch.Tensor:
+def document_ids_of(document_ids, position_ids, padding_mask, sequence_length=None, training=True) -> torch.Tensor:
     """(batch, total) document index of every key position, validated.
 
     ``document_ids`` / ``position_ids`` cover the ``sequence_length`` tokens so far (past + new); slots past
-    them (a static cache's unwritten ones, which are padding) repeat the last id.
+    them (a static cache's unwritten ones, which are padding) repeat the last id. Given neither, a row is one
+    document outside training (a checkpoint trained on packed rows, used as saved: a forward, generate(),
+    pipelines); in training that raises, as the guard against a collator that dropped the ids.
     """
     import torch
     from transformers.masking_utils import find_packed_sequence_indices
 
     batch, total = padding_mask.shape
     length = total if sequence_length is None else int(sequence_length)
+    if document_ids is None and not training and (position_ids is None or position_ids.shape[-1] != length):
+        return torch.zeros(batch, total, dtype=torch.long, device=padding_mask.device)
     if document_ids is None:
         if position_ids is None or position_ids.shape[-1] != length:
             raise ValueError(
-                "The 'document' strategy needs document boundaries: pass document_ids (batch, tokens), or "
-                "position_ids that restart at 0 for each document covering the whole sequence (past tokens "
-                "included: with a KV cache, pass document_ids for every token so far instead)."
+                "The 'document' strategy needs document boundaries in training: pass document_ids (batch, tokens), "
+                "or position_ids that restart at 0 for each document covering the whole sequence (did the collator "
+                "or Trainer drop the column?). In eval mode (model.eval()) and generate(), a row without them is one document."
             )
         ids = find_packed_sequence_indices(position_ids.view(-1, length).expand(batch, length))
         ids = torch.zeros(batch, length, dtype=torch.long, device=padding_mask.device) if ids is None else ids
@@ -64,11 +68,11 @@ def document_ids_of(document_ids, position_ids, padding_mask, sequence_length=No
     return ids.long()
 
 
-def document_positions(document_ids=None, padding_mask=None, sequence_length=None):
+def document_positions(document_ids=None, padding_mask=None, sequence_length=None, training=True):
     """Each token's position inside its document: how many real tokens of the same document come before it,
     so a document split in several runs (interleaved ids) counts on across its runs (padding stays at 0)."""
     import torch
-    ids = document_ids_of(document_ids, None, padding_mask, sequence_length)
+    ids = document_ids_of(document_ids, None, padding_mask, sequence_length, training)
     real = padding_mask.long()
     # Group each row's tokens by document (a stable sort keeps their order), count inside each group.
     order = torch.argsort(ids, dim=-1, stable=True)
@@ -81,14 +85,14 @@ def document_positions(document_ids=None, padding_mask=None, sequence_length=Non
     return positions * real
 
 
-def _intervals(causal=True, document_ids=None, position_ids=None, padding_mask=None, sequence_length=None):
+def _intervals(causal=True, document_ids=None, position_ids=None, padding_mask=None, sequence_length=None, training=True):
     """Each query sees its own document, [its first token, the query] (or the document's end): exact when every
     document's tokens are contiguous (packed rows); None otherwise (the generic path)."""
     import torch
 
     if padding_mask is None:
         return None
-    ids = document_ids_of(document_ids, position_ids, padding_mask, sequence_length)
+    ids = document_ids_of(document_ids, position_ids, padding_mask, sequence_length, training)
     batch, total = ids.shape
     index = torch.arange(total, device=ids.device).expand(batch, total)
     new_run = torch.ones_like(ids, dtype=torch.bool)
@@ -112,13 +116,13 @@ def _intervals(causal=True, document_ids=None, position_ids=None, padding_mask=N
 
 @register_mask("document", inputs=("document_ids",), positions=document_positions, intervals=_intervals,
                flash=lambda causal=True: {"is_causal": causal, "documents": True})
-def document(causal: bool = True, document_ids=None, position_ids=None, padding_mask=None, sequence_length=None):
+def document(causal: bool = True, document_ids=None, position_ids=None, padding_mask=None, sequence_length=None, training=True):
     """Packed documents: attention stays inside each document (causal, or bidirectional with causal=False)."""
     if not isinstance(causal, bool):
         raise ValueError(f"document: causal must be true or false, got {causal!r}.")
     if padding_mask is None:  # validation call at resolve time: nothing to check yet
         return lambda b, h, q, kv: kv <= q
-    ids = document_ids_of(document_ids, position_ids, padding_mask, sequence_length)
+    ids = document_ids_of(document_ids, position_ids, padding_mask, sequence_length, training)
 
     def mask_mod(batch_idx, head_idx, q_idx, kv_idx):
         same = ids[batch_idx, q_idx] == ids[batch_idx, kv_idx]
