@@ -51,6 +51,11 @@ class MaskedGenerationMixin:
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """`GenerationMixin.generate`, plus the strategy's per-call inputs, 4D prompt masks and the cache check."""
         strategy = self.mask_strategy
+        if GENERATE_CACHE_KWARG != "cache" and kwargs.get("cache") is not None:
+            # Before 5.24 generate() knows the cache as past_key_values only (it would make a second one).
+            if kwargs.get("past_key_values") is not None:
+                raise ValueError("Pass the KV cache once: got both cache= and past_key_values=.")
+            kwargs["past_key_values"] = kwargs.pop("cache")
         if not strategy.generates:
             raise ValueError(
                 f"The mask strategy {strategy.name!r} describes one forward, not token-by-token generation; "

@@ -88,6 +88,9 @@ def as_bool_user_mask(mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return mask
     if mask.dtype.is_floating_point:
+        if not _compiling() and (mask.isnan() | (mask == float("inf"))).any():
+            raise ValueError("The 4D float attention_mask holds NaN or +inf, which makes the logits NaN. An additive mask "
+                             "holds 0 to attend and torch.finfo(dtype).min to block; or pass a bool mask.")
         blocked = mask <= torch.finfo(mask.dtype).min / 2
         if not _compiling() and not ((mask == 0) | blocked).all():
             raise ValueError(
@@ -193,7 +196,7 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
 
     q_offset = 0 if cache is None else cache.get_seq_length()
     if isinstance(q_offset, torch.Tensor):  # a static cache's counter, which its update() bumps in place mid-forward
-        q_offset = q_offset.clone()
+        q_offset = q_offset.clone().reshape(())  # 0-d: before transformers 5.2x the counter has shape (1,)
     seen = q_offset + q_length
     sizes = _layer_sizes(config, cache, q_length)
     total = max(offset + length for offset, length in sizes.values())

@@ -171,3 +171,17 @@ def test_selfcheck_passes_here_and_fails_on_a_wrong_mask(monkeypatch):
     out = io.StringIO()
     assert not selfcheck(out, flex=False)
     assert "FAIL" in out.getvalue() and "selfcheck FAILED" in out.getvalue()
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+@torch.no_grad()
+def test_generate_takes_the_cache_under_either_name_on_any_version(model_for, name, kind):
+    """Before 5.24 generate() knows only past_key_values (a cache= would make it build a second cache)."""
+    model = model_for("sdpa", {"name": "sliding_window", "window": 3})
+    ids, mask, _ = left_padded(batch=4, pads=(3, 0, 5, 1))
+    kwargs = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=255)
+    cache = DynamicCache(config=model.config) if kind == "dynamic" else StaticCache(config=model.config, max_cache_len=16)
+    out = model.generate(ids, **kwargs, **{name: cache})
+    assert torch.equal(out, model.generate(ids, use_cache=False, **kwargs))
+    assert int(cache.get_seq_length()) == ids.shape[1] + 3  # the caller's cache was the one filled

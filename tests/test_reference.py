@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import DynamicCache, StaticCache
 
+from qwen3_custom_mask import compat
 from qwen3_custom_mask.reference import reference_logits, reference_mask
 
 from conftest import BACKENDS, CONFIGS, left_padded
@@ -46,6 +47,9 @@ def test_full_forward_matches_reference(model_for, backend, case, config):
 def test_prefill_then_cached_decode_matches_reference(model_for, backend, case, config, cache_kind):
     """Prefill 9 tokens, then one token at a time; the sliding-layers config's window (4) is passed mid-way."""
     spec, inputs = CASES[case]
+    if case == "causal" and backend == "flex_attention" and cache_kind == "static" and compat._release(compat.transformers_version()) < (5, 17):
+        # The default strategy is stock's builders, and stock's flex mask with a StaticCache fails there too.
+        pytest.xfail("upstream: stock transformers < 5.17 cannot build a flex_attention mask for a StaticCache")
     model = model_for(backend, spec, config)
     ids, mask, positions = left_padded()
     prefill = 9  # covers every prefix (sample 0: 3 pads + 4), so the cache may hold the prefix

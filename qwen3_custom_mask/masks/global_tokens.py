@@ -23,20 +23,23 @@ from ..registry import register_mask
 @register_mask("global_tokens")
 def global_tokens(tokens: list = (0,), window: int = 512, causal: bool = True, padding_mask=None):
     """Longformer-style: local `window` attention plus `tokens` that attend and are attended globally."""
-    import torch
     if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
         raise ValueError(f"global_tokens: tokens must be a list of token indices, got {tokens!r}.")
     tokens = [non_negative_int("global_tokens", "tokens[i]", t) for t in tokens]
     positive_int("global_tokens", "window", window)
     if not isinstance(causal, bool):
         raise ValueError(f"global_tokens: causal must be true or false, got {causal!r}.")
-    device = padding_mask.device if padding_mask is not None else None
-    globals_ = torch.tensor(sorted(set(tokens)) or [-1], dtype=torch.long, device=device)
+    globals_ = sorted(set(tokens))
     start = first_real_token(padding_mask)
 
     def is_global(idx, batch_idx):
-        index = (idx - at_batch(start, batch_idx)).unsqueeze(-1)
-        return (index == globals_).any(-1)
+        # One comparison per global token, OR-ed: pointwise only (a reduction such as .any() inside a mask_mod is
+        # what torch 2.11's inductor cannot lower for flex_attention).
+        index = idx - at_batch(start, batch_idx)
+        hit = index != index  # all False, of index's shape (pointwise, no new buffer)
+        for token in globals_:
+            hit = hit | (index == token)
+        return hit
 
     def mask_mod(batch_idx, head_idx, q_idx, kv_idx):
         local = (q_idx - kv_idx).abs() < window
