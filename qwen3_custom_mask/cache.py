@@ -8,7 +8,7 @@ recent ones, and never stores left padding, so memory stays at ``first + last`` 
 long the generation runs and however the batch is padded::
 
     model = CustomQwen3ForCausalLM.from_pretrained(path, mask_strategy={"name": "attention_sinks", "sinks": 4, "window": 1024})
-    out = model.generate(ids, max_new_tokens=10_000, past_key_values=BoundedCache())
+    out = model.generate(ids, max_new_tokens=10_000, cache=BoundedCache())  # or past_key_values= (either name)
 
 The tokens generated are those of an unbounded cache with the same mask: only keys that the mask hides
 are dropped. Each layer remembers the absolute position of every key it kept, per row (``kv_positions``,
@@ -46,7 +46,7 @@ class BoundedLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if self.keep_first is None:
             raise RuntimeError(
-                "BoundedCache was used before the model set its bounds; pass it as past_key_values to a "
+                "BoundedCache was used before the model set its bounds; pass it as cache= (or past_key_values=) to a "
                 "CustomQwen3ForCausalLM whose mask strategy is bounded (e.g. sliding_window, attention_sinks)."
             )
         if not self.is_initialized:

@@ -83,8 +83,18 @@ def cmd_list(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ show
 def cmd_show(args) -> None:
+    if not 1 <= args.length <= MAX_SHOW_LENGTH:
+        raise UserError(f"--length {args.length}: draw between 1 and {MAX_SHOW_LENGTH} tokens (the drawing is a length x length grid)")
     strategy = _spec(args.strategy, _pairs(args.param, "--param"))  # torch-free: a bad spec answers at once
     inputs = _pairs(args.input, "--input")
+    unknown = sorted(set(inputs) - set(strategy.inputs))
+    if unknown:
+        takes = f"it takes {', '.join(strategy.inputs)}" if strategy.inputs else "it takes no per-call inputs"
+        raise UserError(f"--input {', '.join(unknown)}: not an input of {strategy.name!r}; {takes}")
+    for key in ("document_ids",):
+        value = inputs.get(key)
+        if isinstance(value, list) and value and not isinstance(value[0], list) and len(value) != args.length:
+            raise UserError(f"--input {key} has {len(value)} entries, one per token: give {args.length} (or --length {len(value)})")
     for key, value in inputs.items():
         if isinstance(value, str):
             raise UserError(f"--input {key}={value}: give numbers, e.g. {key}=0,0,1,1 or {key}=[3] (one value per token or per sample)")
@@ -125,6 +135,7 @@ def _load(model_id: str | None, strategy, backend: str, device: str, dtype: str)
 
 
 BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+MAX_SHOW_LENGTH = 1024
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -136,6 +147,9 @@ def _check_flags(args) -> None:
         close = difflib.get_close_matches(value, choices, n=1)
         return f"did you mean {close[0]}? " if close else ""
 
+    new_tokens = getattr(args, "max_new_tokens", None)
+    if new_tokens is not None and new_tokens < 1:
+        raise UserError(f"--max-new-tokens {new_tokens}: give at least 1")
     backend = getattr(args, "backend", None)
     if backend is not None and backend not in BACKENDS:
         raise UserError(f"--backend {backend!r} is not an attention backend; {near(backend, BACKENDS)}use one of {', '.join(BACKENDS)}")

@@ -48,7 +48,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None):
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog = "qwen3-mask finetune" if os.path.basename(sys.argv[0] if sys.argv else "") == "qwen3-mask" else None
+    parser = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory or hub id (official Qwen3 layout); required")
     parser.add_argument("--data", help="local .json/.jsonl/.txt file or a datasets hub name; required")
     parser.add_argument("--recipe", help="a shipped recipe by name (packed_sft, prefix_lm, ...; see --list-recipes) "

@@ -114,16 +114,23 @@ class MaskStrategy(Strategy):
         if not self.entry.inputs:
             self.mask_mod(num_heads=num_heads)  # e.g. a per-head window list must match num_heads
 
+    @property
+    def resolved_params(self) -> dict[str, Any]:
+        """The parameters with the factory's defaults filled in: what the registry's hooks (flash, cache_bounds,
+        intervals) receive, so a spec that leaves a parameter at its default (``"sliding_window"``) works there too."""
+        defaults = {k: v for k, v in self.entry.parameters.items() if v is not inspect.Parameter.empty}
+        return {**defaults, **self.params}
+
     def key_intervals(self, **inputs: Any):
         if self.entry.intervals is None:
             return None
-        return self.entry.intervals(**self.params, **self._wanted(inputs, self.entry.intervals))
+        return self.entry.intervals(**self.resolved_params, **self._wanted(inputs, self.entry.intervals))
 
     def flash_form(self) -> dict | None:
-        return self.entry.flash(**self.params) if self.entry.flash else None
+        return self.entry.flash(**self.resolved_params) if self.entry.flash else None
 
     def cache_bounds(self) -> tuple[int, int] | None:
-        return self.entry.cache_bounds(**self.params) if self.entry.cache_bounds else None
+        return self.entry.cache_bounds(**self.resolved_params) if self.entry.cache_bounds else None
 
     @property
     def places_tokens(self) -> bool:
@@ -409,8 +416,8 @@ def _check_param_values(entry, params: Mapping[str, Any]) -> None:
         for number in numbers:
             if isinstance(number, int) and not isinstance(number, bool) and abs(number) > LARGEST_PARAM:
                 raise ValueError(
-                    f"{entry.name}: {key}={number} is larger than {LARGEST_PARAM} (2**31 - 1), longer than any sequence; "
-                    f"for no limit use a strategy without one (e.g. 'causal' instead of a huge sliding_window)."
+                    f"{entry.name}: {key}={number} is larger than {LARGEST_PARAM} (2**31 - 1), more than any sequence "
+                    f"holds; use a value up to the longest sequence, or a strategy without that limit."
                 )
 
 

@@ -134,6 +134,10 @@ def test_list_and_help_do_not_load_torch():
     (["show", "no_such"], "Unknown mask strategy 'no_such'"),
     (["show", "document", "--input", "document_ids=a,b"], "give numbers, e.g. document_ids=0,0,1,1"),
     (["demo", "-v", "--backend", "nope"], "--backend 'nope' is not an attention backend"),
+    (["generate", "--max-new-tokens", "-1", "hi"], "--max-new-tokens -1: give at least 1"),
+    (["show", "sliding_window", "--length", "100000"], "--length 100000: draw between 1 and 1024 tokens"),
+    (["show", "document", "--input", "docs=0,1"], "--input docs: not an input of 'document'; it takes document_ids"),
+    (["show", "document", "--input", "document_ids=0,0,1,1"], "document_ids has 4 entries, one per token: give 12"),
 ])
 def test_flag_mistakes_answer_before_torch_is_imported(args, message):
     """One line, exit 2, and torch never imported: the answer does not wait for a model load."""

@@ -145,3 +145,17 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch, scratch_names
 
     assert {"acme_module_mask", "acme_strided"} <= set(available_masks())
     assert resolve_strategy({"name": "acme_strided", "stride": 3}).to_dict() == {"name": "acme_strided", "stride": 3}
+
+
+@pytest.mark.parametrize("name", ["sliding_window", "attention_sinks", "chunked", "dilated_sliding_window", "global_tokens"])
+def test_a_bare_name_takes_the_factorys_defaults_everywhere(model_for, name):
+    """`"sliding_window"` alone means window=4096, as `qwen3-mask list` shows, for the mask and for the hooks
+    (flash form, BoundedCache bounds, flex block structure) alike."""
+    strategy = resolve_strategy(name)
+    assert strategy.to_dict() == {"name": name}  # saved as given
+    assert strategy.resolved_params == {k: v for k, v in get_mask(name).parameters.items()}
+    model = model_for("sdpa", name)
+    ids, mask, _ = left_padded()
+    out = model(ids, attention_mask=mask).logits
+    model.set_mask_strategy({"name": name, **strategy.resolved_params})
+    assert torch.equal(out, model(ids, attention_mask=mask).logits)
