@@ -222,12 +222,6 @@ class MaskedGenerationMixin:
                 earlier &= (rows < past) | (keys.view(1, -1) == seen)
             real_rows = padding[:, :seen].view(batch_size, 1, seen, 1)
             if (seen_by & earlier & real_rows).any():
-                if first:  # inputs that do not fit the tokens cached so far (a prefix past the prompt) say so first
-                    try:
-                        strategy.mask_mod(**step_inputs, padding_mask=padding[:, :seen], num_heads=heads, sequence_length=seen, training=False)
-                    except ValueError as err:
-                        raise ValueError(f"{err} In generate(), it must lie inside the prompt (with prefill_chunk_size, "
-                                         f"inside the first chunk: a chunk is cached before the next is read).") from None
                 fix = (
                     "generate() always caches when given inputs_embeds, so pass input_ids with use_cache=False"
                     if embeds else "Pass use_cache=False to generate() to recompute the whole mask at every step"
