@@ -144,12 +144,3 @@ def pop_cache(kwargs: dict, given=None):
     if len(found) > 1:
         raise ValueError(f"Pass the KV cache once: got both {found[0][0]}= and {found[1][0]}=.")
     return found[0][1] if found else None
-
-
-def output_cache(outputs):
-    """The cache a model output carries (``outputs.cache`` from 5.24, ``outputs.past_key_values`` before)."""
-    for name in CACHE_NAMES:
-        cache = getattr(outputs, name, None) if not isinstance(outputs, dict) else outputs.get(name)
-        if cache is not None:
-            return cache
-    return None

@@ -30,7 +30,7 @@ def _batch(torch, batch=4, length=10, vocab=250):
     return ids, mask
 
 
-def _checks(path, torch, transformers):
+def _checks(path, torch):
     from transformers import Qwen3ForCausalLM, StaticCache
 
     from .compat import forward_cache_kwarg
@@ -117,7 +117,7 @@ def selfcheck(stream=None, flex: bool = True) -> bool:
     ok = True
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         path = save_tiny_checkpoint(tmp)
-        for name, check in _checks(path, torch, transformers):
+        for name, check in _checks(path, torch):
             if name.startswith("flex") and not flex:
                 continue
             start = time.perf_counter()
