@@ -377,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(err: Exception) -> str:
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)  # KeyError's str() is a repr
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -386,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _check_flags(args)
         except (UserError, ValueError, TypeError, KeyError) as err:
-            message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-            print(f"qwen3-mask: error: {message}", file=sys.stderr)
+            print(f"qwen3-mask: error: {_message(err)}", file=sys.stderr)
             return EXIT_USAGE
     # list and show answer without loading transformers; finetune and bench set their own logging after their checks
     if not args.verbose and args.command not in ("list", "show", "finetune", "bench"):
@@ -407,8 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, TypeError, KeyError, FileNotFoundError, ImportError, json.JSONDecodeError) as err:
         if args.verbose:
             raise
-        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        message = message.replace("Pass use_cache=False to generate()", "Pass --no-cache")  # the CLI's spelling
+        message = _message(err).replace("Pass use_cache=False to generate()", "Pass --no-cache")  # the CLI's spelling
         print(f"qwen3-mask: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `qwen3-mask list | head`

@@ -20,7 +20,7 @@ import torch
 from transformers.generation.configuration_utils import GenerationMode
 
 from .cache import BoundedCache
-from .compat import CACHE_NAMES, generate_cache_kwarg, pop_cache
+from .compat import generate_cache_kwarg, pop_cache
 from .lowering import dense_mask
 from .masking import LayerMasks, as_bool_user_mask, build_masks
 from .masks.document import document_ids_of
@@ -51,11 +51,9 @@ class MaskedGenerationMixin:
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """`GenerationMixin.generate`, plus the strategy's per-call inputs, 4D prompt masks and the cache check."""
         strategy = self.mask_strategy
-        if GENERATE_CACHE_KWARG != "cache" and kwargs.get("cache") is not None:
-            # Before 5.24 generate() knows the cache as past_key_values only (it would make a second one).
-            if kwargs.get("past_key_values") is not None:
-                raise ValueError("Pass the KV cache once: got both cache= and past_key_values=.")
-            kwargs["past_key_values"] = kwargs.pop("cache")
+        cache = pop_cache(kwargs)  # either name, handed on under the one this generate() knows (a second would be ignored)
+        if cache is not None:
+            kwargs[GENERATE_CACHE_KWARG] = cache
         if not strategy.generates:
             raise ValueError(
                 f"The mask strategy {strategy.name!r} describes one forward, not token-by-token generation; "
@@ -88,8 +86,8 @@ class MaskedGenerationMixin:
             fallback = self.config.pad_token_id if self.config.pad_token_id is not None else first_eos
             if fallback is not None:
                 kwargs["pad_token_id"] = fallback
-        if any(isinstance(kwargs.get(name), BoundedCache) for name in CACHE_NAMES):
-            resolved, _ = self._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k not in CACHE_NAMES})
+        if isinstance(cache, BoundedCache):
+            resolved, _ = self._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k != GENERATE_CACHE_KWARG})
             if resolved.get_generation_mode(kwargs.get("assistant_model")) in ASSISTED_MODES:
                 raise ValueError(
                     "BoundedCache cannot be used for assisted decoding (assistant_model=, prompt_lookup_num_tokens=): "

@@ -83,14 +83,24 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def refuse_non_finite(mask: torch.Tensor) -> None:
+    """A float 4D mask with NaN or +inf would make the logits NaN (-inf and finfo.min block, as stock reads them)."""
+    if _compiling():
+        return
+    bad = mask.isnan() | (mask == float("inf"))
+    if bad.any():
+        raise ValueError(
+            f"The 4D float attention_mask holds NaN or +inf (first at index {bad.nonzero()[0].tolist()}), which makes "
+            f"the logits NaN. An additive mask holds 0 to attend and torch.finfo(dtype).min to block; or pass a bool mask."
+        )
+
+
 def as_bool_user_mask(mask: torch.Tensor) -> torch.Tensor:
     """A 4D bool / 0-1 integer / additive float (0 = attend, very negative = blocked) mask as bool."""
     if mask.dtype == torch.bool:
         return mask
     if mask.dtype.is_floating_point:
-        if not _compiling() and (mask.isnan() | (mask == float("inf"))).any():
-            raise ValueError("The 4D float attention_mask holds NaN or +inf, which makes the logits NaN. An additive mask "
-                             "holds 0 to attend and torch.finfo(dtype).min to block; or pass a bool mask.")
+        refuse_non_finite(mask)
         blocked = mask <= torch.finfo(mask.dtype).min / 2
         if not _compiling() and not ((mask == 0) | blocked).all():
             raise ValueError(
@@ -204,12 +214,8 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
         total = max(total, seen)
     if is_4d:
         check_user_mask(attention_mask, batch_size=batch_size, num_heads=config.num_attention_heads, q_length=q_length, kv_lengths=(seen, total))
-        if attention_mask.dtype.is_floating_point and not _compiling() and (attention_mask.isnan() | (attention_mask == float("inf"))).any():
-            bad = (attention_mask.isnan() | (attention_mask == float("inf"))).nonzero()[0].tolist()
-            raise ValueError(
-                f"The 4D float attention_mask holds NaN or +inf (first at index {bad}), which makes the logits NaN. "
-                f"An additive mask holds 0 to attend and torch.finfo(dtype).min to block; or pass a bool mask."
-            )
+        if attention_mask.dtype.is_floating_point:
+            refuse_non_finite(attention_mask)  # before the additive mask is handed over as it is
         if attention_mask.dtype.is_floating_point and backend in DENSE_FLOAT_BACKENDS and not bounded and not body.has_sliding_layers:
             # Stock's meaning: an additive mask (or bias) handed to the attention as it is, for every layer.
             return {layer_type: attention_mask for layer_type in sizes}, position_ids
