@@ -26,11 +26,14 @@ class CustomQwen3Config(Qwen3Config):
     Its own ``model_type`` lets ``AutoModelForCausalLM`` bring a saved model back as
     `CustomQwen3ForCausalLM`; the weights keep the stock Qwen3 names, so `Qwen3ForCausalLM` still loads them.
     Official ``qwen3`` configs load into it silently (same architecture, causal by default).
+    ``loss_chunk_size`` (tokens, default None) turns on the chunked training loss of `CustomQwen3ForCausalLM`.
     """
 
     model_type = "qwen3_custom_mask"
     mask_strategy: dict | str | None = None
     mask_spec_version: int = MASK_SPEC_VERSION
+    # Tokens per chunk of the training loss computed without the full logits (loss.py); None: stock's logits.
+    loss_chunk_size: int | None = None
 
     @classmethod
     def get_config_dict(cls, *args, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -60,6 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None, help="pack examples into rows (document strategy)")
     parser.add_argument("--max-length", type=int, help="row / example length in tokens (default: recipe, else 1024)")
     parser.add_argument("--mask-probability", type=float, help="mntp: fraction of tokens masked")
+    parser.add_argument("--loss-chunk-size", type=int, help="tokens per chunk of the loss computed without the full "
+                                                              "logits (default: recipe, else 1024; 0: stock's full logits)")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--tokenizer", help="tokenizer path (default: the model's)")
     parser.add_argument("--output-dir", default="finetuned")
@@ -107,6 +109,8 @@ def check_args(args) -> None:
     data = os.path.expanduser(args.data)
     if looks_local(args.data) and not os.path.isfile(data):
         raise SystemExit(f"error: --data {args.data}: no such file (a local .json/.jsonl/.txt file, or a datasets hub name like owner/name)")
+    if args.loss_chunk_size is not None and args.loss_chunk_size < 0:
+        raise SystemExit(f"error: --loss-chunk-size {args.loss_chunk_size}: a number of tokens (e.g. 1024), or 0 for stock's full logits")
     if args.recipe:
         try:
             args.recipe = str(recipe_path(args.recipe))
@@ -130,6 +134,7 @@ def load_recipe(args):
         "pack": args.pack if args.pack is not None else bool(recipe.get("pack", False)),
         "max_length": args.max_length or int(recipe.get("max_length", 1024)),
         "mask_probability": args.mask_probability or float(recipe.get("mask_probability", 0.2)),
+        "loss_chunk_size": args.loss_chunk_size if args.loss_chunk_size is not None else int(recipe.get("loss_chunk_size", 1024)),
     }
     strategy = args.strategy
     if strategy and strategy.lstrip().startswith("{"):
@@ -229,10 +234,14 @@ def main(argv=None):
         dtype=torch.bfloat16 if bf16 else torch.float32,
     )
     model.config.use_cache = False  # no KV cache while training
+    # The loss from the hidden states, 1024 tokens at a time (loss.py): a 151k vocabulary's full logits are the
+    # largest activation of a step (8 x 2048 tokens: 10 GB in fp32). Not saved: the checkpoint returns logits.
+    model.config.loss_chunk_size = training["loss_chunk_size"] or None
     if pad_token_id is None:
         eos = model.generation_config.eos_token_id
         pad_token_id = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
-    logger.info("strategy %s, objective %s, pack=%s, max_length %d", strategy.to_dict(), training["objective"], training["pack"], training["max_length"])
+    logger.info("strategy %s, objective %s, pack=%s, max_length %d, loss_chunk_size %s", strategy.to_dict(), training["objective"],
+                training["pack"], training["max_length"], model.config.loss_chunk_size)
     if training["pack"] and "document" not in json.dumps(strategy.to_dict()):
         logger.warning("Packing without the 'document' strategy lets packed examples attend to each other.")
 
@@ -309,6 +318,7 @@ def main(argv=None):
         if args.lora:
             final = final.merge_and_unload()
         final.config.use_cache = True
+        final.config.loss_chunk_size = None
         final.save_pretrained(args.output_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(args.output_dir)

@@ -130,6 +130,7 @@ def save_full(model, output_dir: str) -> bool:
         for key in model._tied_weights_keys or {}:
             state.pop(key, None)
     model.config.use_cache = True
+    model.config.loss_chunk_size = None  # a training setting (finetune.py), not the checkpoint's
     model.save_pretrained(output_dir, state_dict=state)
     dist.barrier()
     return True

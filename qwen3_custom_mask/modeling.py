@@ -33,13 +33,15 @@ from transformers import (
     Qwen3Model,
 )
 from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen3.modeling_qwen3 import Qwen3PreTrainedModel
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from . import masks  # noqa: F401  (registers the built-in strategies)
 from .compat import check_internals, forward_cache_kwarg, pop_cache
 from .configuration import CustomQwen3Config, strategy_fields
 from .generation import MaskedGenerationMixin
+from .loss import chunked_causal_lm_loss
 from .lowering import FLASH_BACKENDS
 from .masking import LayerMasks, build_masks, flash_error, pick_layer_mask
 from .registry import mask_input_names
@@ -53,6 +55,9 @@ CACHE_KWARG = forward_cache_kwarg()
 # Per-call inputs of the built-in strategies. They are named in every forward() signature (see
 # `with_mask_inputs`), so that Trainer's default remove_unused_columns=True keeps those dataset columns.
 BUILTIN_MASK_INPUTS = ("prefix_lengths", "document_ids", "draft_tree")
+# Dataset columns the collators (training.py) read and forward() never takes: named in the signature too, so that
+# Trainer's defaults keep them for the collator; one that reaches forward() is refused (`_refuse_collator_columns`).
+COLLATOR_COLUMNS = ("prompt_length",)
 
 
 def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
@@ -143,6 +148,7 @@ class CustomQwen3Model(Qwen3Model):
         # The head passes the cache under the installed transformers' name (`cache` from 5.24, `past_key_values`
         # before); reading only one of them built every cached mask from an empty cache.
         cache = pop_cache(kwargs, cache)
+        _refuse_collator_columns(kwargs)
         mask_inputs = self._pop_mask_inputs(kwargs)
         prompt_mask = kwargs.pop("prompt_attention_mask", None)
         if isinstance(attention_mask, dict):
@@ -200,6 +206,15 @@ class CustomQwen3Model(Qwen3Model):
         return found
 
 
+def _refuse_collator_columns(kwargs: dict) -> None:
+    found = [name for name in COLLATOR_COLUMNS if kwargs.pop(name, None) is not None]
+    if found and not torch.compiler.is_compiling():
+        raise ValueError(
+            f"{found} reached forward(): it is a dataset column for the collator (labels -100 on the prompt), not a "
+            f"model input. Use qwen3_custom_mask.training.CausalLMCollator or PrefixLMCollator, or drop the column."
+        )
+
+
 def with_mask_inputs(forward):
     """``forward`` with the built-in strategies' inputs in its signature (they still travel in **kwargs).
 
@@ -213,8 +228,57 @@ def with_mask_inputs(forward):
 
     signature = inspect.signature(forward)
     params = list(signature.parameters.values())
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in BUILTIN_MASK_INPUTS]
+    names = [*BUILTIN_MASK_INPUTS, *COLLATOR_COLUMNS]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names if name not in signature.parameters]
     wrapper.__signature__ = signature.replace(parameters=params[:-1] + extra + params[-1:])
+    return wrapper
+
+
+# The cache's field in CausalLMOutputWithPast: `cache` from transformers 5.24, `past_key_values` before.
+OUTPUT_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+LOSS_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")
+
+
+def with_chunked_loss(forward):
+    """``Qwen3ForCausalLM.forward`` that, with ``config.loss_chunk_size`` set, computes a training forward's loss
+    from the hidden states in chunks (loss.py) and returns no logits; ``skip_logits=False`` or eval mode: stock's.
+
+    ``skip_logits`` follows Liger-Kernel's convention: None = skip when training with labels.
+    """
+    signature = inspect.signature(forward)
+
+    @functools.wraps(forward)
+    @can_return_tuple
+    def wrapper(self, *args, skip_logits: bool | None = None, **kwargs):
+        chunk_size = getattr(self.config, "loss_chunk_size", None)
+        arguments = signature.bind_partial(self, *args, **kwargs).arguments
+        extra = dict(arguments.pop("kwargs", {}))
+        labelled = arguments.get("labels") is not None or extra.get("shift_labels") is not None
+        if skip_logits is None:
+            skip_logits = self.training and labelled and chunk_size is not None
+        if not skip_logits:
+            return forward(self, *args, **kwargs)
+        if not labelled:
+            raise ValueError("skip_logits=True returns only the loss, so it needs labels (or shift_labels).")
+        if not isinstance(arguments.get("logits_to_keep", 0), int) or arguments.get("logits_to_keep", 0) != 0:
+            raise ValueError("The chunked loss scores every labelled position; logits_to_keep applies to logits, which "
+                             "it does not compute. Drop logits_to_keep or pass skip_logits=False.")
+        loss_kwargs = {name: extra.pop(name) for name in LOSS_KWARGS if name in extra}
+        body_inputs = {name: value for name, value in arguments.items() if name not in ("self", "labels", "logits_to_keep")}
+        outputs = self.model(**body_inputs, **extra)
+        loss = chunked_causal_lm_loss(
+            outputs.last_hidden_state, self.lm_head, arguments.get("labels"), chunk_size=1024 if chunk_size is None else chunk_size, **loss_kwargs
+        )
+        return CausalLMOutputWithPast(
+            loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD, None)},
+        )
+
+    wrapper.__signature__ = signature.replace(parameters=[
+        *list(signature.parameters.values())[:-1],
+        inspect.Parameter("skip_logits", inspect.Parameter.KEYWORD_ONLY, default=None),
+        list(signature.parameters.values())[-1],
+    ])
     return wrapper
 
 
@@ -243,7 +307,7 @@ class CustomQwen3ForCausalLM(MaskStrategyHeadMixin, MaskedGenerationMixin, Qwen3
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    forward = with_mask_inputs(Qwen3ForCausalLM.forward)
+    forward = with_mask_inputs(with_chunked_loss(Qwen3ForCausalLM.forward))
 
 
 class CustomQwen3ForSequenceClassification(MaskStrategyHeadMixin, Qwen3ForSequenceClassification):

@@ -1,8 +1,9 @@
 """Batch builders for the fine-tuning objectives in ``configs/`` (used by scripts/finetune.py and the Trainer).
 
 Every example is a dict with ``input_ids`` and optionally ``labels`` and the prompt's length (tokens at the start
-of ``input_ids``): ``prefix_lengths`` (what scripts/finetune.py writes: a forward() input, so Trainer's default
-remove_unused_columns=True keeps it) or ``prompt_length``. Labels follow transformers' convention: aligned with ``input_ids``,
+of ``input_ids``): ``prefix_lengths`` (what scripts/finetune.py writes) or ``prompt_length``. forward() names both
+in its signature, so Trainer's default remove_unused_columns=True keeps them for the collator (forward() refuses
+a prompt_length handed on to it). Labels follow transformers' convention: aligned with ``input_ids``,
 shifted inside the model's loss, -100 = ignored.
 
 * causal_lm       right-padded rows, labels = input_ids (-100 on the prompt when its length is given)
@@ -72,8 +73,8 @@ class PrefixLMCollator:
         if any(prompt_length(f) is None for f in features):
             raise ValueError(
                 "prefix_lm_sft needs each example's prompt length: a prefix_lengths (or prompt_length) column, or "
-                "prompt/completion fields for scripts/finetune.py. (A Trainer with remove_unused_columns=True drops "
-                "any column forward() does not name, prompt_length among them; prefix_lengths survives.)"
+                "prompt/completion fields for scripts/finetune.py. (Trainer's remove_unused_columns=True keeps both: "
+                "forward() names them.)"
             )
         batch, prompts = _pad(features, self.pad_token_id, self.max_length, prompt_labels=False)
         batch["prefix_lengths"] = prompts

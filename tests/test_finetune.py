@@ -44,12 +44,25 @@ def test_recipe_trains_and_saves_a_checkpoint_that_reloads_with_its_strategy(che
     out = tmp_path / "out"
     log = run(["--model", checkpoint, "--recipe", ROOT / "configs" / f"{recipe}.yaml", "--data", data, "--max-length", 64,
                "--max-steps", 3, "--batch-size", 4, "--lr", 1e-3, "--output-dir", out, *extra], tmp_path)
-    assert "train loss" in log
+    assert "train loss" in log and "loss_chunk_size 1024" in log  # the recipes train on the chunked loss
+    assert json.loads((out / "config.json").read_text()).get("loss_chunk_size") is None  # a training setting only
     trained = CustomQwen3ForCausalLM.from_pretrained(out)
     assert trained.mask_strategy == resolve_strategy(ROOT / "configs" / f"{recipe}.yaml")
     assert json.loads((out / "config.json").read_text())["mask_strategy"] == trained.mask_strategy.to_dict()
     before = CustomQwen3ForCausalLM.from_pretrained(checkpoint)
     assert not torch.equal(trained.model.layers[0].self_attn.q_proj.weight, before.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_the_chunked_loss_trains_as_the_full_logits_loss(checkpoint, data, tmp_path):
+    common = ["--model", checkpoint, "--recipe", "packed_sft", "--data", data, "--max-length", 64, "--max-steps", 3,
+              "--batch-size", 4, "--lr", 1e-3, "--data-order", "sequential"]
+    chunked = run([*common, "--loss-chunk-size", 16, "--output-dir", tmp_path / "chunked"], tmp_path)
+    full = run([*common, "--loss-chunk-size", 0, "--output-dir", tmp_path / "full"], tmp_path)
+    assert "loss_chunk_size None" in full
+    assert abs(float(train_loss(chunked).split()[0]) - float(train_loss(full).split()[0])) < 1e-4
+    a, b = (CustomQwen3ForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in ("chunked", "full"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 ACCELERATE = ("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",

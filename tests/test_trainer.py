@@ -10,7 +10,7 @@ from qwen3_custom_mask import CustomQwen3ForCausalLM
 from qwen3_custom_mask.finetune import with_prompt_columns
 from qwen3_custom_mask.packing import pack_examples
 from qwen3_custom_mask.reference import reference_logits, reference_mask
-from qwen3_custom_mask.training import PrefixLMCollator
+from qwen3_custom_mask.training import CausalLMCollator, PrefixLMCollator
 
 
 def packed_rows(continuous_positions: bool) -> Dataset:
@@ -86,7 +86,7 @@ def test_trainer_defaults_keep_document_ids_through_peft(checkpoint, tmp_path):
 
 def test_prompt_labels_and_prefix_lengths_survive_trainer_defaults(checkpoint, tmp_path):
     """scripts/finetune.py turns prompt_length into labels (-100 on the prompt) and prefix_lengths, both
-    forward() inputs, so Trainer's defaults keep them; prompt_length alone would be dropped."""
+    forward() inputs, so Trainer's defaults keep them."""
     rows = [{"input_ids": [5, 6, 7, 8, 9], "prompt_length": 2}, {"input_ids": [10, 11, 12], "prompt_length": 1}]
     dataset = Dataset.from_list(rows).map(with_prompt_columns, remove_columns=["prompt_length"])
     model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="prefix_lm")
@@ -94,7 +94,25 @@ def test_prompt_labels_and_prefix_lengths_survive_trainer_defaults(checkpoint, t
     batch = next(iter(trainer.get_train_dataloader()))
     by_length = sorted(zip(batch["prefix_lengths"].tolist(), batch["labels"].tolist()))
     assert by_length == [(1, [-100, 11, 12, -100, -100]), (2, [-100, -100, 7, 8, 9])]
-    # The raw prompt_length column is what Trainer would drop, and the collator says so instead of guessing.
-    trainer = trainer_for(model, Dataset.from_list(rows), tmp_path, collator=PrefixLMCollator(pad_token_id=0))
-    with pytest.raises(ValueError, match="remove_unused_columns=True drops"):
-        next(iter(trainer.get_train_dataloader()))
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_a_raw_prompt_length_column_survives_trainer_defaults(checkpoint, tmp_path, peft):
+    """The issue's row: [10, 11, 12, 13] with prompt_length=2 trains on [-100, -100, 12, 13] under Trainer's
+    defaults, because forward() names prompt_length (and refuses it, should a collator pass it on)."""
+    rows = [{"input_ids": [10, 11, 12, 13], "prompt_length": 2}, {"input_ids": [20, 21, 22], "prompt_length": 1}]
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint)
+    if peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    seen = []
+    trainer = trainer_for(model, Dataset.from_list(rows), tmp_path, collator=lambda f: seen.append(f) or CausalLMCollator(pad_token_id=0)(f))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert all("prompt_length" in f for f in seen[0])
+    assert sorted(batch["labels"].tolist()) == [[-100, -100, 12, 13], [-100, 21, 22, -100]]
+    trainer.train()  # and the step runs on those labels
+    # A collator that hands the column to forward() gets an error, not a silently ignored input.
+    trainer = trainer_for(model, Dataset.from_list(rows[:1]), tmp_path)
+    with pytest.raises(ValueError, match="prompt_length.*not a model input"):
+        trainer.train()
