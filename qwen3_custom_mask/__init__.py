@@ -59,7 +59,7 @@ from .compat import warn_if_untested  # noqa: E402  (torch-free: reads the insta
 warn_if_untested()
 
 # The project's own entry points import the model code themselves once their arguments are checked.
-if os.path.basename(sys.argv[0] if sys.argv else "") not in ("qwen3-mask", "finetune.py"):
+if os.path.basename(sys.argv[0] if sys.argv else "") not in ("qwen3-mask", "finetune.py", "benchmark.py"):
     from . import masks, modeling  # noqa: F401, E402
 else:
     from . import masks  # noqa: F401, E402  (registers the built-in strategies: torch-free at import)

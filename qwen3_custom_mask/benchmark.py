@@ -1,20 +1,4 @@
-"""Speed and memory against stock `Qwen3ForCausalLM` on the same weights, in one run (`qwen3-mask bench`).
-
-    qwen3-mask bench                         # CPU: Qwen3-0.6B-shaped, 2 layers, fp32 (a few minutes on 2 cores)
-    qwen3-mask bench --quick                 # smaller lengths and fewer repeats (a smoke run)
-    python scripts/benchmark.py --device cuda --layers 28 --dtype bfloat16 --markdown bench.md
-
-Measured, each as the median with min-max over --repeats:
-* prefill latency (--lengths) for stock and for every strategy x backend; a custom strategy is compared with
-  stock given the equivalent precomputed 4D mask (built outside the timed region, as a user would cache it);
-* greedy decode tokens/s (batch 1 and 8, --new-tokens) for the default strategy against stock;
-* compiled static-cache decode tokens/s (generate()'s auto-compiled forward, sdpa) for causal, sliding_window,
-  prefix_lm and document against stock compiled, batch 1 and 8;
-* mask construction time per forward and the bytes of the mask each backend receives;
-* peak memory of each prefill (CUDA: allocator peak; Linux CPU: resident-set high-water mark, reset per run);
-* flex_attention: attention time of sliding_window(256) and document(8 docs) against sdpa with a dense mask
-  and against the ideal (sdpa over the unmasked blocks only).
-"""
+"""The measurements of `qwen3-mask bench` (options and what is measured: bench_args.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .bench_args import STRATEGY_NAMES, parse_args, resolve_defaults
 from .masking import LayerMasks, layer_mask
 
 logger = logging.getLogger(__name__)
@@ -124,6 +109,7 @@ STRATEGIES = {
     "document(8 docs)": ("document", lambda length, device: {"document_ids": documents(length, 8, device)}),
     "attention_sinks(4, 256)": ({"name": "attention_sinks", "sinks": 4, "window": 256}, lambda length, device: {}),
 }
+assert tuple(STRATEGIES) == STRATEGY_NAMES  # the torch-free argument parser offers these names
 
 
 def build_models(args, backend, device, dtype):
@@ -388,45 +374,16 @@ def markdown(rows, sparse, args, device_name, compiled=()) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="qwen3-mask bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--layers", type=int, default=None, help="default: 2 on CPU, 8 on CUDA")
-    parser.add_argument("--vocab", type=int, default=32768)
-    parser.add_argument("--backends", nargs="+", default=["eager", "sdpa", "flex_attention"])
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096])
-    parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sparse-length", type=int, default=4096)
-    parser.add_argument("--no-sparse", action="store_true", help="skip the flex sparsity comparison")
-    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled static-cache decode comparison")
-    parser.add_argument("--only", choices=["prefill", "compiled", "block-masks"], help="run one section only")
-    parser.add_argument("--block-lengths", type=int, nargs="+", default=[2048, 8192, 32768])
-    parser.add_argument("--grid-limit", type=int, default=8192, help="longest length whose grid-built BlockMask is timed")
-    parser.add_argument("--decode-context", type=int, default=1024)
-    parser.add_argument("--decode-new-tokens", type=int, default=32)
-    parser.add_argument("--quick", action="store_true", help="lengths 128/256, 8 new tokens, 2 repeats, sparsity at 512")
-    parser.add_argument("--markdown", help="write the Markdown tables to this file")
-    args = parser.parse_args(argv)
-    cuda = args.device.startswith("cuda")
-    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    args.layers = args.layers or (8 if cuda else 2)
-    if args.quick:
-        args.lengths, args.new_tokens, args.repeats, args.sparse_length, args.vocab = [128, 256], 8, 2, 512, 4096
-    return args
-
-
 def main(argv=None) -> str:
+    """Runs the benchmark; ``argv``: the command-line arguments, or the Namespace bench_args.parse_args made."""
+    args = argv if isinstance(argv, argparse.Namespace) else parse_args(argv)
+    resolve_defaults(args, cuda=torch.cuda.is_available())
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     torch._dynamo.config.automatic_dynamic_shapes = False  # see README: torch 2.13 CPU inductor + dynamic shapes
     torch._dynamo.config.recompile_limit = 256  # static shapes: one compile per length, never the eager fallback
-    args = parse_args(argv)
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     wanted = lambda section: args.only in (None, section)  # noqa: E731

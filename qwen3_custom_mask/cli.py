@@ -312,9 +312,12 @@ def cmd_selfcheck(args) -> None:
 
 # ----------------------------------------------------------------------------------- bench / finetune
 def cmd_bench(args, rest) -> None:
+    from .bench_args import parse_args
+
+    bench_args = parse_args(rest)  # --help and argument mistakes: before torch is imported
     from .benchmark import main as bench_main
 
-    bench_main(rest)
+    bench_main(bench_args)
 
 
 def cmd_finetune(args, rest) -> None:

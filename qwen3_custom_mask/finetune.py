@@ -32,19 +32,13 @@ import time
 from pathlib import Path
 
 from qwen3_custom_mask.recipes import OBJECTIVES, describe, recipe_path
+from qwen3_custom_mask.script_args import OneLineParser, run_script
 
 # torch, transformers and the model code are imported by main() once the arguments are checked: `--help`, a
 # missing --model or --data answer in a fraction of a second, not after seconds of imports.
 IGNORE_INDEX = -100  # == qwen3_custom_mask.packing.IGNORE_INDEX
 
 logger = logging.getLogger("finetune")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Argument mistakes in one line (the `qwen3-mask` convention), not the usage block."""
-
-    def error(self, message):
-        raise SystemExit(f"error: {message} (see --help)")
 
 
 def parse_args(argv=None):
@@ -330,4 +324,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(run_script(main))

@@ -5,7 +5,16 @@
 
 import sys
 
-from qwen3_custom_mask.benchmark import main
+from qwen3_custom_mask.bench_args import parse_args
+from qwen3_custom_mask.script_args import run_script
+
+
+def main(argv):
+    args = parse_args(argv)  # --help and argument mistakes answer before torch is imported
+    from qwen3_custom_mask.benchmark import main as bench_main
+
+    return bench_main(args)
+
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_script(main, sys.argv[1:]))

@@ -7,6 +7,7 @@
 import sys
 
 from qwen3_custom_mask.finetune import main
+from qwen3_custom_mask.script_args import run_script
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(run_script(main))

@@ -3,10 +3,12 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+ROOT = Path(__file__).parent.parent
 ENV_KEYS = {"TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -164,6 +166,29 @@ def test_finetune_mistakes_answer_before_torch_is_imported(args, message, checkp
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,rc,message", [
+    (["qwen3-mask", "bench", "--help"], 0, "usage: qwen3-mask bench"),
+    (["qwen3-mask", "bench", "--strategies", "nope"], 2, "invalid choice: 'nope'"),
+    (["qwen3-mask", "finetune", "--help"], 0, "--loss-chunk-size"),
+    (["scripts/benchmark.py", "--help"], 0, "usage: qwen3-mask bench"),
+    (["scripts/benchmark.py", "--lengths", "x"], 2, "error: argument --lengths: invalid int value: 'x'"),
+    (["scripts/finetune.py", "--help"], 0, "--recipe"),
+    (["scripts/finetune.py", "--data", "a.jsonl"], 2, "error: the following arguments are required: --model"),
+    (["scripts/finetune.py", "--model", "./nowhere", "--data", "a.jsonl"], 2, "error: --model ./nowhere: no such folder"),
+])
+def test_help_and_mistakes_of_bench_and_finetune_never_import_torch(args, rc, message):
+    """`-X importtime` lists every module imported: torch must not be among them."""
+    script = Path(sys.executable).parent / "qwen3-mask" if args[0] == "qwen3-mask" else ROOT / args[0]
+    command = [sys.executable, "-X", "importtime", str(script), *args[1:]]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert proc.returncode == rc, proc.stderr[-2000:]
+    assert message in proc.stdout + proc.stderr
+    assert "torch" not in imported and "transformers" not in imported
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == (1 if rc else 0), errors
 
 
 def test_recipes_by_name_from_any_folder(tmp_path):
