@@ -55,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--max-length", type=int, help="row / example length in tokens (default: recipe, else 1024)")
     parser.add_argument("--mask-probability", type=float, help="mntp: fraction of tokens masked")
     parser.add_argument("--loss-chunk-size", type=int, help="tokens per chunk of the loss computed without the full "
-                                                              "logits (default: recipe, else 1024; 0: stock's full logits)")
+                                                              "logits (default: recipe, else 512; 0: stock's full logits)")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--tokenizer", help="tokenizer path (default: the model's)")
     parser.add_argument("--output-dir", default="finetuned")
@@ -104,7 +104,7 @@ def check_args(args) -> None:
     if looks_local(args.data) and not os.path.isfile(data):
         raise SystemExit(f"error: --data {args.data}: no such file (a local .json/.jsonl/.txt file, or a datasets hub name like owner/name)")
     if args.loss_chunk_size is not None and args.loss_chunk_size < 0:
-        raise SystemExit(f"error: --loss-chunk-size {args.loss_chunk_size}: a number of tokens (e.g. 1024), or 0 for stock's full logits")
+        raise SystemExit(f"error: --loss-chunk-size {args.loss_chunk_size}: a number of tokens (e.g. 512), or 0 for stock's full logits")
     if args.recipe:
         try:
             args.recipe = str(recipe_path(args.recipe))
@@ -115,6 +115,7 @@ def check_args(args) -> None:
 def load_recipe(args):
     import yaml
 
+    from qwen3_custom_mask.loss import DEFAULT_CHUNK_SIZE
     from qwen3_custom_mask.strategy import resolve_strategy
 
     recipe = {}
@@ -128,7 +129,7 @@ def load_recipe(args):
         "pack": args.pack if args.pack is not None else bool(recipe.get("pack", False)),
         "max_length": args.max_length or int(recipe.get("max_length", 1024)),
         "mask_probability": args.mask_probability or float(recipe.get("mask_probability", 0.2)),
-        "loss_chunk_size": args.loss_chunk_size if args.loss_chunk_size is not None else int(recipe.get("loss_chunk_size", 1024)),
+        "loss_chunk_size": args.loss_chunk_size if args.loss_chunk_size is not None else int(recipe.get("loss_chunk_size", DEFAULT_CHUNK_SIZE)),
     }
     strategy = args.strategy
     if strategy and strategy.lstrip().startswith("{"):
@@ -228,7 +229,7 @@ def main(argv=None):
         dtype=torch.bfloat16 if bf16 else torch.float32,
     )
     model.config.use_cache = False  # no KV cache while training
-    # The loss from the hidden states, 1024 tokens at a time (loss.py): a 151k vocabulary's full logits are the
+    # The loss from the hidden states, 512 tokens at a time (loss.py): a 151k vocabulary's full logits are the
     # largest activation of a step (8 x 2048 tokens: 10 GB in fp32). Not saved: the checkpoint returns logits.
     model.config.loss_chunk_size = training["loss_chunk_size"] or None
     if pad_token_id is None:

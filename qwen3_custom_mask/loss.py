@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 IGNORE_INDEX = -100
+# Tokens per chunk: 512 x 151,936 fp32 logits are 311 MB, and measured fastest on 2 CPU cores (1024: 1.1x slower).
+DEFAULT_CHUNK_SIZE = 512
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -37,16 +39,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
             logits = (h @ weight.T).float()  # (chunk, vocab): in the head's dtype, upcast as ForCausalLMLoss does
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if want_hidden or want_weight:
-                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place: the chunk's only vocab-sized buffer
-                grad[torch.arange(len(t), device=t.device), t] -= 1
-                grad = grad.div_(denominator).to(weight.dtype)
-                if want_hidden:
-                    grad_hidden[start : start + chunk_size] = grad @ weight
-                if want_weight:
-                    grad_weight += (grad.T @ h).float()
+            target = logits.gather(1, t[:, None]).squeeze(1)
+            top = logits.amax(dim=-1)
+            exp = logits.sub_(top[:, None]).exp_()  # in place: the chunk's only vocab-sized buffer
+            total_exp = exp.sum(dim=-1)
+            total += (total_exp.log() + top - target).sum()
+            if not (want_hidden or want_weight):
+                continue
+            # d loss / d logits = (softmax - onehot(target)) / denominator, never formed as a matrix: the softmax's
+            # row scale goes onto the small (chunk, hidden) operands and the one-hot part is a gather / index_add.
+            # On 2 CPU cores this is ~1.5x the speed of normalising the vocab-sized matrix in place.
+            scale = 1 / (total_exp * denominator)
+            exp = exp.to(weight.dtype)
+            if want_hidden:
+                grad = (exp @ weight).float() * scale[:, None] - weight[t].float() / denominator
+                grad_hidden[start : start + chunk_size] = grad.to(hidden.dtype)
+            if want_weight:
+                grad_weight += (exp.T @ (h.float() * scale[:, None]).to(weight.dtype)).float()
+                grad_weight.index_add_(0, t, h.float() / -denominator)
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / denominator
@@ -66,7 +76,7 @@ def chunked_causal_lm_loss(
     lm_head: nn.Linear,
     labels: torch.Tensor | None = None,
     *,
-    chunk_size: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     num_items_in_batch: torch.Tensor | int | None = None,
     ignore_index: int = IGNORE_INDEX,
     shift_labels: torch.Tensor | None = None,
@@ -77,7 +87,7 @@ def chunked_causal_lm_loss(
     the inputs (shifted here) or ``shift_labels`` already shifted. Only positions with a label are projected.
     """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"loss_chunk_size must be a positive number of tokens, got {chunk_size!r} (e.g. 1024; None turns it off).")
+        raise ValueError(f"loss_chunk_size must be a positive number of tokens, got {chunk_size!r} (e.g. 512; None turns it off).")
     if lm_head.bias is not None:
         raise ValueError("chunked_causal_lm_loss supports an LM head without bias (Qwen3's); set loss_chunk_size=None.")
     if shift_labels is None:

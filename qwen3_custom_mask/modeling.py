@@ -41,7 +41,7 @@ from . import masks  # noqa: F401  (registers the built-in strategies)
 from .compat import check_internals, forward_cache_kwarg, pop_cache
 from .configuration import CustomQwen3Config, strategy_fields
 from .generation import MaskedGenerationMixin
-from .loss import chunked_causal_lm_loss
+from .loss import DEFAULT_CHUNK_SIZE, chunked_causal_lm_loss
 from .lowering import FLASH_BACKENDS
 from .masking import LayerMasks, build_masks, flash_error, pick_layer_mask
 from .registry import mask_input_names
@@ -267,7 +267,7 @@ def with_chunked_loss(forward):
         body_inputs = {name: value for name, value in arguments.items() if name not in ("self", "labels", "logits_to_keep")}
         outputs = self.model(**body_inputs, **extra)
         loss = chunked_causal_lm_loss(
-            outputs.last_hidden_state, self.lm_head, arguments.get("labels"), chunk_size=1024 if chunk_size is None else chunk_size, **loss_kwargs
+            outputs.last_hidden_state, self.lm_head, arguments.get("labels"), chunk_size=DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, **loss_kwargs
         )
         return CausalLMOutputWithPast(
             loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions,

@@ -1,18 +1,21 @@
 """Packed vs unpacked fine-tuning, measured on exactly what scripts/finetune.py runs with its defaults.
 
-    python scripts/bench_packing.py                    # CPU: a few minutes on 2 cores
-    python scripts/bench_packing.py --layers 8 --examples 2000 --extra "--bf16"     # on a GPU
+    python scripts/bench_packing.py                    # CPU, the embedded default checkpoint: about a minute
+    python scripts/bench_packing.py --model 0.6b-shaped --layers 8 --examples 2000 --extra "--bf16"     # on a GPU
 
-Both runs are `scripts/finetune.py` in a fresh process (so peak memory is its own) on the same model and the
-same pre-tokenized examples, whose lengths follow a long-tailed (log-normal) distribution, for one epoch:
+Both runs are `scripts/finetune.py` in a fresh process (so peak memory, the process's max RSS, is its own) on
+the same model and the same pre-tokenized examples, whose lengths follow a long-tailed (log-normal)
+distribution, for one epoch:
 
 * packed:   --recipe configs/packed_sft.yaml (the `document` strategy; rows of the recipe's max_length, 2048,
             packed ahead of training across the dataset with best-fit decreasing), default --batch-size 8;
 * unpacked: the same recipe with --no-pack --strategy causal: batches of 8 examples padded to their longest.
 
-The model is Qwen3-0.6B-shaped (hidden 1024, 16 heads, 8 KV heads, head_dim 128) with --layers layers and a
---vocab vocabulary, saved with save_pretrained and loaded back by the script. Printed: real (non-padding) tokens
-trained per second, the padding share, peak memory, as finetune.py logs them, and the ratios.
+--model default is the embedded default checkpoint (qwen3_custom_mask.default: 2 layers, hidden 64, Qwen3's full
+151,936-token vocabulary, so the logits dominate: the case the chunked loss is for). --model 0.6b-shaped is
+Qwen3-0.6B-shaped (hidden 1024, 16 heads, 8 KV heads, head_dim 128) with --layers layers and a --vocab
+vocabulary, saved with save_pretrained and loaded back by the script. Printed: real (non-padding) tokens trained
+per second, the padding share, peak memory, as finetune.py logs them, and the ratios.
 """
 
 from __future__ import annotations
@@ -69,18 +72,26 @@ def run(mode: str, model: Path, data: Path, out: Path, extra: list[str]) -> dict
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=240)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--model", choices=["default", "0.6b-shaped"], default="default")
+    parser.add_argument("--examples", type=int, default=320)
+    parser.add_argument("--layers", type=int, default=2, help="0.6b-shaped only")
+    parser.add_argument("--vocab", type=int, default=8192, help="0.6b-shaped only")
     parser.add_argument("--extra", default="--cpu", help="more scripts/finetune.py arguments, e.g. \"--cpu\" or \"--bf16\"")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tokens = make_data(tmp / "train.jsonl", args.examples, args.vocab, 2048, seed=2)
-        make_model(tmp / "model", args.layers, args.vocab)
-        runs = {mode: run(mode, tmp / "model", tmp / "train.jsonl", tmp, args.extra.split()) for mode in ("unpacked", "packed")}
-    lines = [f"{args.examples} examples, {tokens} tokens (log-normal lengths, median ~150, max 2048); Qwen3-0.6B-shaped, "
-             f"{args.layers} layers, vocab {args.vocab}; scripts/finetune.py defaults (batch 8; packed rows of 2048); {args.extra}", "",
+        if args.model == "default":
+            from qwen3_custom_mask.default import QWEN3_VOCAB, default_checkpoint
+
+            model, vocab, described = default_checkpoint(), QWEN3_VOCAB, "the embedded default (2 layers, hidden 64, vocab 151,936)"
+        else:
+            model, vocab = tmp / "model", args.vocab
+            make_model(model, args.layers, vocab)
+            described = f"Qwen3-0.6B-shaped, {args.layers} layers, vocab {vocab}"
+        tokens = make_data(tmp / "train.jsonl", args.examples, vocab, 2048, seed=2)
+        runs = {mode: run(mode, model, tmp / "train.jsonl", tmp, args.extra.split()) for mode in ("unpacked", "packed")}
+    lines = [f"{args.examples} examples, {tokens} tokens (log-normal lengths, median ~150, max 2048); {described}; "
+             f"scripts/finetune.py defaults (batch 8; packed rows of 2048; loss in chunks of 512 tokens); {args.extra}", "",
              "| run | real tokens | trained tokens | padding | seconds | real tokens/s | peak memory |", "|---|---|---|---|---|---|---|"]
     for mode, r in runs.items():
         lines.append(f"| {mode} | {r['real']} | {r['total']} | {r['padding']:.1f}% | {r['seconds']:.1f} | {r['per_second']} | {r['peak']} MiB |")
