@@ -284,13 +284,13 @@ def cmd_demo(args) -> None:
 # ---------------------------------------------------------------------------------------------- export
 def cmd_export(args) -> None:
     from .default import default_checkpoint
-    from .export import export_stock, stock_form
+    from .export import export_fields, export_stock
     from .modeling import CustomQwen3ForCausalLM
 
     path = str(args.model) if args.model else str(default_checkpoint())
     extra = {"mask_strategy": _spec(args.strategy).to_dict()} if args.strategy else {}
     model = CustomQwen3ForCausalLM.from_pretrained(path, **extra)
-    fields = stock_form(model.mask_strategy, model.config)  # refuses before anything is written
+    fields = export_fields(model)  # refuses before anything is written
     out = export_stock(model, args.stock)
     if args.model is None or not (out / "tokenizer.json").exists():
         from transformers import AutoTokenizer
@@ -299,7 +299,8 @@ def cmd_export(args) -> None:
             AutoTokenizer.from_pretrained(path).save_pretrained(out)
         except (OSError, ValueError):
             pass  # a checkpoint without a tokenizer exports without one
-    print(f"wrote {out}: model_type qwen3, mask {json.dumps(model.mask_strategy.to_dict())} as {json.dumps(fields)}")
+    mask_fields = {k: fields[k] for k in ("is_causal", "use_bidirectional_attention", "layer_types", "sliding_window") if k in fields}
+    print(f"wrote {out}: model_type qwen3, mask {json.dumps(model.mask_strategy.to_dict())} as {json.dumps(mask_fields)}")
 
 
 # ------------------------------------------------------------------------------------------- selfcheck

@@ -30,6 +30,10 @@ class CustomQwen3Config(Qwen3Config):
     """
 
     model_type = "qwen3_custom_mask"
+    # What clients read of a remote-code config. Empty: the classes come from `import qwen3_custom_mask` (the Auto
+    # registrations), not from code in the folder. TRL's create_model_from_path reads it when architectures[0] is
+    # not a transformers class (SFTTrainer(model=path), DPOTrainer's reference). Class-level: never in config.json.
+    auto_map = {}
     mask_strategy: dict | str | None = None
     mask_spec_version: int = MASK_SPEC_VERSION
     # Tokens per chunk of the training loss computed without the full logits (loss.py); None: stock's logits.

@@ -11,13 +11,46 @@ with the reason, since a stock loader would silently run a different mask::
 
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
 
 from transformers import Qwen3Config
 
 from .configuration import CustomQwen3Config
 
-PLUGIN_KEYS = ("mask_strategy", "mask_spec_version")
+logger = logging.getLogger(__name__)
+
+PLUGIN_KEYS = ("mask_strategy", "mask_spec_version", "loss_chunk_size")
+
+
+def legacy_sliding_fields(layer_types: list[str], strategy) -> dict:
+    """``use_sliding_window`` + ``max_window_layers`` that say what ``layer_types`` says: Qwen3Config rebuilt
+    without layer_types, and readers that derive the layers from these (``i >= max_window_layers`` slides), get
+    the same layers. They can state "every layer from k on"; any other pattern is refused."""
+    sliding = [idx for idx, kind in enumerate(layer_types) if kind == "sliding_attention"]
+    if not sliding:
+        return {"use_sliding_window": False, "max_window_layers": len(layer_types)}
+    first = sliding[0]
+    if sliding != list(range(first, len(layer_types))):
+        raise ValueError(
+            f"Cannot export the mask strategy {strategy.to_dict()} to a stock qwen3 checkpoint: layers {sliding} slide, "
+            f"and Qwen3's legacy fields (use_sliding_window, max_window_layers) can only say 'every layer from k on'; "
+            f"readers that derive the layers from them would run a different mask. Slide a last run of layers instead."
+        )
+    return {"use_sliding_window": True, "max_window_layers": first}
+
+
+def runtime_notes(fields: dict) -> list[str]:
+    """What known runtimes ignore of an exported config (checked against their Qwen3 code as of 2026-12)."""
+    notes = []
+    if "sliding_attention" in fields["layer_types"]:
+        notes.append("vLLM's Qwen3 does not read layer_types sliding windows (vllm issue 39514, open): it runs these "
+                     "layers with full attention. transformers, TGI and llama.cpp's converter read them.")
+    if fields["is_causal"] is False:
+        notes.append("bidirectional: written as is_causal: false (transformers, vLLM) and use_bidirectional_attention: "
+                     "true (text-embeddings-inference); a runtime that reads neither runs it causal.")
+    return notes
 
 
 def stock_form(strategy, config) -> dict:
@@ -61,22 +94,41 @@ def stock_form(strategy, config) -> dict:
     }
 
 
+def export_fields(model) -> dict:
+    """Every mask field of the exported config.json (`stock_form` plus the flags each runtime reads)."""
+    config = model.config
+    fields = stock_form(model.mask_strategy, config)
+    fields.setdefault("layer_types", list(config.layer_types))
+    fields["is_causal"] = fields.get("is_causal", True)
+    fields["use_bidirectional_attention"] = not fields["is_causal"]  # what text-embeddings-inference reads
+    fields.update(legacy_sliding_fields(fields["layer_types"], model.mask_strategy))
+    if fields["use_sliding_window"]:
+        fields.setdefault("sliding_window", config.sliding_window)
+    return fields
+
+
 def export_stock(model, out_dir: str | Path) -> Path:
-    """Writes ``model`` (a plugin model, or the path of a plugin checkpoint) as a plain ``qwen3`` checkpoint:
-    the same weights, a config.json stock Qwen3 reads with the same mask. Raises if the strategy has no
-    standard form (see `stock_form`)."""
+    """Writes ``model`` (a plugin model, a PEFT model on one, or the path of a plugin checkpoint) as a plain
+    ``qwen3`` checkpoint: the same weights (a PEFT adapter merged into a copy), a config.json stock Qwen3 reads
+    with the same mask. Raises before writing anything if the strategy has no standard form (`stock_form`)."""
     if isinstance(model, (str, Path)):
         from .modeling import CustomQwen3ForCausalLM
 
         model = CustomQwen3ForCausalLM.from_pretrained(model)
+    if hasattr(model, "peft_config") and hasattr(model, "merge_and_unload"):
+        # save_pretrained of a PeftModel writes the adapter alone, which stock cannot load as a checkpoint.
+        logger.info("export_stock: merging the PEFT adapter into a copy of the model")
+        model = copy.deepcopy(model).merge_and_unload()
     config = model.config
     if not isinstance(config, CustomQwen3Config):
         raise TypeError(f"export_stock takes a qwen3_custom_mask model or checkpoint, got a {type(config).__name__}.")
-    fields = stock_form(model.mask_strategy, config)
+    fields = export_fields(model)
     out = Path(out_dir)
     model.save_pretrained(out)
     plain = {k: v for k, v in config.to_dict().items() if k not in PLUGIN_KEYS and k != "model_type"}
     plain.update(fields)
     plain["architectures"] = [type(model).__name__.replace("Custom", "", 1)]
     Qwen3Config(**plain).to_json_file(out / "config.json")
+    for note in runtime_notes(fields):
+        logger.warning("export_stock: %s", note)
     return out

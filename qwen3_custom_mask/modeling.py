@@ -82,7 +82,47 @@ def cpu_flex_static_shapes(config, device):
     return contextlib.nullcontext()
 
 
-class CustomQwen3Model(Qwen3Model):
+_warned_rebuilds: set = set()
+
+
+def warn_if_path_rebuilds_differently(model, path) -> None:
+    """One warning when ``model``'s strategy was given at load time and differs from what ``path`` records.
+
+    Clients that rebuild a model from its path get the path's mask, not this one: TRL's DPO/KTO reference
+    (from ``config._name_or_path``), PEFT's adapter (``base_model_name_or_path``, then AutoPeftModel). The plugin
+    cannot fix their rebuild, so it says so once, with the fix.
+    """
+    try:
+        recorded = resolve_strategy(CustomQwen3Config.from_pretrained(path).mask_strategy)
+    except (OSError, ValueError):  # not a folder or hub id this process can read again: nothing to compare
+        return
+    current = model.mask_strategy if hasattr(model, "mask_strategy") else None
+    key = (str(path), repr(current.to_dict()) if current is not None else None)
+    if current is None or current == recorded or key in _warned_rebuilds:
+        return
+    _warned_rebuilds.add(key)
+    logger.warning(
+        "Loaded %s with mask_strategy %s, but the folder records %s. Whatever rebuilds this model from its path gets "
+        "%s: TRL's DPOTrainer/KTOTrainer reference model and a PEFT adapter's base_model_name_or_path "
+        "(AutoPeftModelForCausalLM). Save the plugin checkpoint first (model.save_pretrained(out_dir), then load "
+        "from out_dir), or pass ref_model= to TRL.",
+        path, current.to_dict(), recorded.to_dict(), recorded.to_dict(),
+    )
+
+
+class LoadTimeStrategyMixin:
+    """from_pretrained(..., mask_strategy=...) on a folder that records another strategy: see the warning above."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        given = kwargs.get("mask_strategy") is not None
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if given:
+            warn_if_path_rebuilds_differently(model, pretrained_model_name_or_path)
+        return model
+
+
+class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
     """`Qwen3Model` whose attention masks come from a registered strategy (default: ``"causal"``, stock exactly).
 
     forward() takes stock's inputs plus the strategy's per-call inputs (e.g. ``prefix_lengths`` (batch,) for
@@ -282,7 +322,7 @@ def with_chunked_loss(forward):
     return wrapper
 
 
-class MaskStrategyHeadMixin:
+class MaskStrategyHeadMixin(LoadTimeStrategyMixin):
     """A head's view of its body's strategy: ``head.mask_strategy``, ``head.set_mask_strategy(spec)``."""
 
     @property

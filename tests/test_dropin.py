@@ -31,7 +31,7 @@ from qwen3_custom_mask import (
 )
 from qwen3_custom_mask.export import export_stock
 from qwen3_custom_mask.reference import reference_mask
-from qwen3_custom_mask.tiny import tiny_qwen3_config
+from qwen3_custom_mask.tiny import save_tiny_checkpoint, tiny_qwen3_config
 
 from conftest import CONFIGS, left_padded
 from strategies import CACHEABLE, CASES, expected_logits
@@ -287,6 +287,52 @@ def test_export_to_stock_gives_identical_logits(checkpoint, tmp_path, backend, s
     assert torch.equal(stock(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
     back = CustomQwen3ForCausalLM.from_pretrained(tmp_path, attn_implementation=backend).eval()
     assert torch.equal(back(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
+
+
+@pytest.mark.parametrize(
+    "spec,sliding",
+    [("causal", []), ("bidirectional", []), ({"name": "sliding_window", "window": 3}, [0, 1]),
+     ({"layers": {"0": "causal", "1": {"name": "sliding_window", "window": 3}}}, [1])],
+    ids=["causal", "bidirectional", "sliding_window", "last_layer_slides"],
+)
+def test_export_writes_every_runtimes_flags_and_legacy_fields_that_agree(checkpoint, tmp_path, spec, sliding, caplog):
+    """is_causal and use_bidirectional_attention (text-embeddings-inference); use_sliding_window and
+    max_window_layers such that Qwen3Config rebuilt without layer_types gives the same layers."""
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy=spec)
+    with caplog.at_level("WARNING", logger="qwen3_custom_mask.export"):
+        export_stock(model, tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    bidirectional = spec == "bidirectional"
+    assert written["is_causal"] is not bidirectional and written["use_bidirectional_attention"] is bidirectional
+    assert [i for i, kind in enumerate(written["layer_types"]) if kind == "sliding_attention"] == sliding
+    legacy = {k: v for k, v in written.items() if k != "layer_types"}
+    assert Qwen3Config(**legacy).layer_types == written["layer_types"]
+    assert ("vllm issue 39514" in caplog.text) is bool(sliding)
+    assert ("use_bidirectional_attention" in caplog.text) is bidirectional
+
+
+def test_export_refuses_a_sliding_pattern_the_legacy_fields_cannot_state(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "three", num_hidden_layers=3)
+    model = CustomQwen3ForCausalLM.from_pretrained(path, mask_strategy={"layers": {"0": {"name": "sliding_window", "window": 3}, "1": "causal", "2": "causal"}})
+    with pytest.raises(ValueError, match=r"layers \[0\] slide.*every layer from k on"):
+        export_stock(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@torch.no_grad()
+def test_export_of_a_peft_model_merges_the_adapter(checkpoint, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy={"name": "sliding_window", "window": 3})
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    ids, mask, _ = left_padded()
+    expected = peft_model(ids, attention_mask=mask).logits
+    base = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy={"name": "sliding_window", "window": 3}).eval()
+    assert (expected - base(ids, attention_mask=mask).logits).abs().max() > 1e-3  # the adapter changes the logits
+    export_stock(peft_model, tmp_path / "stock")
+    stock = Qwen3ForCausalLM.from_pretrained(tmp_path / "stock").eval()
+    torch.testing.assert_close(stock(ids, attention_mask=mask).logits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(peft_model(ids, attention_mask=mask).logits, expected)  # the PEFT model is left as it was
 
 
 @pytest.mark.parametrize("causal", [True, False])
