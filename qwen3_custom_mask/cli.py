@@ -208,11 +208,9 @@ def _generate(model, tokenizer, prompts, *, max_new_tokens: int, use_cache: bool
         ]
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     extra = {}
-    if "prefix_lengths" in model.mask_strategy.inputs:  # the prompt is the prefix
-        extra["prefix_lengths"] = batch["attention_mask"].sum(-1)
     if "document_ids" in model.mask_strategy.inputs:  # each prompt is one document
         extra["document_ids"] = torch.zeros_like(batch["input_ids"])
-    missing = [name for name in model.mask_strategy.inputs if name not in extra]
+    missing = [name for name in model.mask_strategy.inputs if name not in extra and name != "prefix_lengths"]  # generate(): the prompt
     if missing:
         raise UserError(f"strategy {model.mask_strategy.name!r} needs per-call inputs {missing}; use the Python API for it")
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None

@@ -38,6 +38,9 @@ class CustomQwen3Config(Qwen3Config):
     mask_spec_version: int = MASK_SPEC_VERSION
     # Tokens per chunk of the training loss computed without the full logits (loss.py); None: stock's logits.
     loss_chunk_size: int | None = None
+    # generate(use_cache=True) with a strategy a KV cache cannot honour (bidirectional): raise (default), or, when
+    # True, recompute every step as use_cache=False does; for clients that force use_cache=True (lm-eval).
+    recompute_when_uncacheable: bool = False
 
     @classmethod
     def get_config_dict(cls, *args, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:

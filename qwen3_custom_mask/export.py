@@ -21,7 +21,7 @@ from .configuration import CustomQwen3Config
 
 logger = logging.getLogger(__name__)
 
-PLUGIN_KEYS = ("mask_strategy", "mask_spec_version", "loss_chunk_size")
+PLUGIN_KEYS = ("mask_strategy", "mask_spec_version", "loss_chunk_size", "recompute_when_uncacheable")
 
 
 def legacy_sliding_fields(layer_types: list[str], strategy) -> dict:

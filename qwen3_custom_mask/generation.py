@@ -32,6 +32,11 @@ from .registry import mask_input_names
 _STEP_INPUTS: contextvars.ContextVar[dict] = contextvars.ContextVar("qwen3_custom_mask_step_inputs", default={})
 
 ASSISTED_MODES = (GenerationMode.ASSISTED_GENERATION,)
+
+
+class UncacheableMaskError(ValueError):
+    """The strategy lets a cached token see a later one: a KV cache cannot honour it (use_cache=False can)."""
+
 GENERATE_CACHE_KWARG = generate_cache_kwarg()  # read once: torch.compile sees a plain string
 
 
@@ -44,7 +49,7 @@ class MaskedGenerationMixin:
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         # from_pretrained hands kwargs such as mask_strategy= to the GenerationConfig as well, where they would be
         # saved and go stale: the strategy belongs in config.json only.
-        for key in ("mask_strategy", "mask_spec_version"):
+        for key in ("mask_strategy", "mask_spec_version", "loss_chunk_size", "recompute_when_uncacheable"):
             model.generation_config.__dict__.pop(key, None)
         return loaded
 
@@ -94,7 +99,17 @@ class MaskedGenerationMixin:
                     "rejected draft tokens are rolled back by cropping the cache, and a BoundedCache has already "
                     "dropped the keys a rollback would need. Use a DynamicCache, or plain decoding with the BoundedCache."
                 )
-        return super().generate(inputs, generation_config, **kwargs)
+        if "prefix_lengths" in strategy.inputs and kwargs.get("prefix_lengths") is None:
+            # Clients that cannot pass it (pipeline, lm-eval, TRL): each row's prompt, its real tokens, is the prefix.
+            kwargs["prefix_lengths"] = prompt_lengths(input_ids, kwargs.get("inputs_embeds"), kwargs.get("attention_mask"))
+        try:
+            return super().generate(inputs, generation_config, **kwargs)
+        except UncacheableMaskError:
+            # Opt-in (config.recompute_when_uncacheable) for clients that force use_cache=True (lm-eval): the same
+            # tokens as use_cache=False, recomputed at every step. A streamer has seen tokens already: no retry.
+            if not getattr(self.config, "recompute_when_uncacheable", False) or kwargs.get("streamer") is not None:
+                raise
+            return super().generate(inputs, generation_config, **{**kwargs, "use_cache": False})
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         # Strategies that place tokens themselves (packed documents) give the prompt's positions; generate()
@@ -224,8 +239,17 @@ class MaskedGenerationMixin:
                     "generate() always caches when given inputs_embeds, so pass input_ids with use_cache=False"
                     if embeds else "Pass use_cache=False to generate() to recompute the whole mask at every step"
                 )
-                raise ValueError(
+                raise UncacheableMaskError(
                     f"Mask strategy {strategy.name!r} lets a token attend to tokens generated after it, which a KV cache "
                     f"filled earlier cannot honour. {fix}, or use a cache-consistent strategy such as 'prefix_lm' "
-                    f"(bidirectional prompt, causal continuation) or 'causal'."
+                    f"(bidirectional prompt, causal continuation) or 'causal'. (Clients that force use_cache=True, "
+                    f"such as lm-eval: set config.recompute_when_uncacheable=True.)"
                 )
+
+
+def prompt_lengths(input_ids, inputs_embeds, attention_mask) -> torch.Tensor:
+    """(batch,) the real tokens of each row of the prompt: what prefix_lm takes as the prefix when none is given."""
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        return attention_mask.sum(-1).long()
+    like = input_ids if input_ids is not None else inputs_embeds
+    return torch.full((like.shape[0],), like.shape[1], dtype=torch.long, device=like.device)

@@ -109,3 +109,128 @@ def test_auto_peft_model_rebuilds_a_plugin_base_and_warns_for_a_stock_one(stock_
     with caplog.at_level(logging.WARNING, logger=WARNS):
         CustomQwen3ForCausalLM.from_pretrained(stock_dir, mask_strategy={"name": "sliding_window", "window": 3})
     assert "AutoPeftModelForCausalLM" in caplog.text
+
+
+# ------------------------------------------------------------ checkpoints whose strategy needs per-call inputs
+@pytest.fixture(scope="module")
+def tokenizer(stock_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(stock_dir)
+
+
+def saved(stock_dir, tmp_path, spec, **config):
+    model = CustomQwen3ForCausalLM.from_pretrained(stock_dir, mask_strategy=spec)
+    for key, value in config.items():
+        setattr(model.config, key, value)
+    model.save_pretrained(tmp_path)
+    return tmp_path
+
+
+PROMPTS = ["Hello there", "A longer prompt than the other one"]
+
+
+def test_a_prefix_lm_checkpoint_generates_as_saved_with_the_prompt_as_prefix(stock_dir, tokenizer, tmp_path):
+    from transformers import pipeline
+
+    model = CustomQwen3ForCausalLM.from_pretrained(saved(stock_dir, tmp_path, "prefix_lm")).eval()
+    tokenizer.padding_side = "left"
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    greedy = dict(max_new_tokens=4, do_sample=False)
+    explicit = model.generate(**batch, prefix_lengths=batch["attention_mask"].sum(-1), **greedy)
+    assert torch.equal(model.generate(**batch, **greedy), explicit)
+    causal = CustomQwen3ForCausalLM.from_pretrained(stock_dir).eval().generate(**batch, **greedy)
+    assert not torch.equal(causal, explicit)  # the prefix changes the tokens: the test can tell
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    texts = [out[0]["generated_text"] for out in pipe(PROMPTS, batch_size=2, **greedy)]
+    assert texts == tokenizer.batch_decode(explicit, skip_special_tokens=True)
+    with pytest.raises(ValueError, match="prefix_lengths"):
+        model(**batch)  # a forward keeps its clear error
+
+
+def test_a_bidirectional_checkpoint_under_forced_use_cache(stock_dir, tokenizer, tmp_path):
+    from transformers import pipeline
+
+    greedy = dict(max_new_tokens=3, do_sample=False)
+    batch = tokenizer(PROMPTS[:1], return_tensors="pt")
+    plain = CustomQwen3ForCausalLM.from_pretrained(saved(stock_dir, tmp_path / "a", "bidirectional")).eval()
+    with pytest.raises(ValueError, match="recompute_when_uncacheable"):
+        plain.generate(**batch, use_cache=True, **greedy)
+    opted = CustomQwen3ForCausalLM.from_pretrained(saved(stock_dir, tmp_path / "b", "bidirectional", recompute_when_uncacheable=True)).eval()
+    expected = plain.generate(**batch, use_cache=False, **greedy)
+    assert torch.equal(opted.generate(**batch, use_cache=True, **greedy), expected)
+    pipe = pipeline("text-generation", model=opted, tokenizer=tokenizer)
+    assert pipe(PROMPTS[0], use_cache=True, **greedy)[0]["generated_text"] == tokenizer.decode(expected[0], skip_special_tokens=True)
+
+
+def lm_eval_requests(kind, *pairs):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type=kind, doc={}, arguments=args, idx=i) for i, args in enumerate(pairs)]
+
+
+def test_lm_eval_runs_plugin_checkpoints_by_path(stock_dir, tokenizer, tmp_path):
+    """lm-eval's HF model, loading by path in a driver that imports the plugin (lm-eval passes use_cache=True)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.models.huggingface import HFLM
+
+
+    until = {"until": ["\n\n"], "max_gen_toks": 3, "do_sample": False}
+    # loglikelihood: a plugin checkpoint (causal) equals stock on the same weights.
+    tokenizer.save_pretrained(saved(stock_dir, tmp_path / "causal", "causal"))
+    pairs = [("The sky is", " blue"), ("Two and two make", " four")]
+    ours = HFLM(pretrained=str(tmp_path / "causal"), batch_size=2, device="cpu").loglikelihood(lm_eval_requests("loglikelihood", *pairs))
+    stock = HFLM(pretrained=str(stock_dir), batch_size=2, device="cpu").loglikelihood(lm_eval_requests("loglikelihood", *pairs))
+    assert ours == stock
+    for spec, config in (("prefix_lm", {}), ("bidirectional", {"recompute_when_uncacheable": True})):
+        folder = saved(stock_dir, tmp_path / spec, spec, **config)
+        tokenizer.save_pretrained(folder)
+        lm = HFLM(pretrained=str(folder), batch_size=1, device="cpu")
+        assert isinstance(lm.model, CustomQwen3ForCausalLM) and lm.model.mask_strategy.name == spec
+        texts = lm.generate_until(lm_eval_requests("generate_until", *[(p, until) for p in PROMPTS]))
+        for prompt, text in zip(PROMPTS, texts):
+            batch = tokenizer(prompt, return_tensors="pt")
+            expected = lm.model.generate(**batch, max_new_tokens=3, do_sample=False, use_cache=spec == "prefix_lm")
+            assert text == tokenizer.decode(expected[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------------------------- ONNX
+def test_pairwise_document_positions_equal_the_sorted_ones():
+    from qwen3_custom_mask.masks.document import document_positions, pairwise_document_positions
+
+    ids = torch.tensor([[0, 0, 1, 1, 0, 2, 2, 1], [3, 3, 3, 1, 1, 1, 1, 1]])  # interleaved runs, and plain ones
+    real = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1]])
+    expected = document_positions(ids, real.bool(), training=True)
+    assert expected[0].tolist() == [0, 1, 0, 1, 2, 0, 1, 2]
+    assert torch.equal(pairwise_document_positions(ids, real), expected)
+
+
+@pytest.mark.parametrize("spec", ["document", "bidirectional", "prefix_lm"])
+def test_onnx_export_without_position_ids_matches_onnxruntime(checkpoint, tmp_path, spec):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy=spec, attn_implementation="sdpa").eval()
+    name = model.mask_strategy.inputs[0] if model.mask_strategy.inputs else None
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, *extra):
+            inputs = {name: extra[0]} if name else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **inputs).logits
+
+    ids = torch.randint(0, 250, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    extra = {"document_ids": (torch.tensor([[0] * 5 + [1] * 7, [0] * 6 + [1] * 6]),), "prefix_lengths": (torch.tensor([4, 6]),)}.get(name, ())
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(Logits(), (ids, mask, *extra), path, dynamo=True, input_names=["input_ids", "attention_mask", *([name] if name else [])])
+    session = ort.InferenceSession(str(path))
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), **({name: extra[0].numpy()} if name else {})}
+    with torch.no_grad():
+        expected = Logits()(ids, mask, *extra)
+    got = torch.from_numpy(session.run(None, feeds)[0])
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=1e-4)

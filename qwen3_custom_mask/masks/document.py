@@ -74,6 +74,10 @@ def document_positions(document_ids=None, padding_mask=None, sequence_length=Non
     import torch
     ids = document_ids_of(document_ids, None, padding_mask, sequence_length, training)
     real = padding_mask.long()
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        # ONNX has no stable sort: count the earlier real tokens of the same document pairwise, O(tokens^2) like
+        # the dense mask an exported eager/sdpa model builds anyway. The same positions (tested).
+        return pairwise_document_positions(ids, real)
     # Group each row's tokens by document (a stable sort keeps their order), count inside each group.
     order = torch.argsort(ids, dim=-1, stable=True)
     grouped, grouped_real = ids.gather(1, order), real.gather(1, order)
@@ -83,6 +87,16 @@ def document_positions(document_ids=None, padding_mask=None, sequence_length=Non
     before_doc = torch.cummax(torch.where(starts, count - grouped_real, torch.zeros_like(count)), dim=-1).values
     positions = torch.empty_like(count).scatter_(1, order, (count - before_doc - 1).clamp(min=0))
     return positions * real
+
+
+def pairwise_document_positions(ids, real):
+    """document_positions without a sort, for export: (batch, n) ids and 0/1 real in, positions out."""
+    import torch
+
+    n = ids.shape[-1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=ids.device).tril(-1)  # [q, k]: k before q
+    same = (ids[:, :, None] == ids[:, None, :]) & earlier & real[:, None, :].bool()
+    return same.long().sum(-1) * real
 
 
 def _intervals(causal=True, document_ids=None, position_ids=None, padding_mask=None, sequence_length=None, training=True):
