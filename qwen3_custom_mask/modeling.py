@@ -291,12 +291,12 @@ def with_chunked_loss(forward):
     @can_return_tuple
     def wrapper(self, *args, skip_logits: bool | None = None, **kwargs):
         chunk_size = getattr(self.config, "loss_chunk_size", None)
+        if skip_logits is False or (skip_logits is None and (chunk_size is None or not self.training)):
+            return forward(self, *args, **kwargs)  # stock's path, untouched (generate, eval, compiled decode)
         arguments = signature.bind_partial(self, *args, **kwargs).arguments
         extra = dict(arguments.pop("kwargs", {}))
         labelled = arguments.get("labels") is not None or extra.get("shift_labels") is not None
-        if skip_logits is None:
-            skip_logits = self.training and labelled and chunk_size is not None
-        if not skip_logits:
+        if skip_logits is None and not labelled:
             return forward(self, *args, **kwargs)
         if not labelled:
             raise ValueError("skip_logits=True returns only the loss, so it needs labels (or shift_labels).")
@@ -306,9 +306,8 @@ def with_chunked_loss(forward):
         loss_kwargs = {name: extra.pop(name) for name in LOSS_KWARGS if name in extra}
         body_inputs = {name: value for name, value in arguments.items() if name not in ("self", "labels", "logits_to_keep")}
         outputs = self.model(**body_inputs, **extra)
-        loss = chunked_causal_lm_loss(
-            outputs.last_hidden_state, self.lm_head, arguments.get("labels"), chunk_size=DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, **loss_kwargs
-        )
+        chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size  # skip_logits=True on its own
+        loss = chunked_causal_lm_loss(outputs.last_hidden_state, self.lm_head, arguments.get("labels"), chunk_size=chunk_size, **loss_kwargs)
         return CausalLMOutputWithPast(
             loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
             **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD, None)},

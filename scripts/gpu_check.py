@@ -164,6 +164,32 @@ def static_compiled(model, ids, mask, positions, cuda, ref, cache_kw) -> float:
     return (torch.cat(pieces, 1).float().cpu() - ref)[mask.bool()].abs().max().item()
 
 
+def loss_memory(tokens: int, layers: int) -> None:
+    """Peak CUDA memory of one training step (forward + backward) of a Qwen3-0.6B-shaped model (vocab 151,936,
+    bf16) on `tokens` tokens (rows of 2048), stock's full-logits loss against the chunked loss (loss.py)."""
+    from qwen3_custom_mask import CustomQwen3ForCausalLM
+    from qwen3_custom_mask.tiny import tiny_qwen3_config
+
+    config = tiny_qwen3_config(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
+                               head_dim=128, num_hidden_layers=layers, vocab_size=151936, max_position_embeddings=40960)
+    model = CustomQwen3ForCausalLM(config).to(DEVICE, torch.bfloat16).train()
+    rows = max(1, tokens // 2048)
+    ids = torch.randint(0, 151936, (rows, min(tokens, 2048)), device=DEVICE)
+    peaks = {}
+    for chunk in (None, 512):
+        model.config.loss_chunk_size = chunk
+        model.zero_grad(set_to_none=True)
+        if DEVICE.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        seconds = time.perf_counter() - start
+        peaks[chunk] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.type == "cuda" else float("nan")
+        print(f"loss {'chunked 512' if chunk else 'full logits'}: {ids.numel()} tokens, {layers} layers, peak {peaks[chunk]:.2f} GiB, {seconds:.2f} s", flush=True)
+    print(f"loss memory: chunked / full = {peaks[512] / peaks[None]:.2f}x peak", flush=True)
+
+
 def bench(budget_s: float) -> None:
     from qwen3_custom_mask.benchmark import main as bench_main
 
@@ -203,6 +229,7 @@ def main() -> None:
     ok = check(path, args)
     print(f"\ncorrectness: {'passed' if ok else 'FAILED'} in {time.perf_counter() - start:.0f} s", flush=True)
     if not args.no_bench:
+        loss_memory(16384 if DEVICE.type == "cuda" else 256, 28 if DEVICE.type == "cuda" else 1)
         bench(args.bench_budget)
     sys.exit(0 if ok else 1)
 

@@ -81,11 +81,12 @@ def test_a_load_time_strategy_warns_that_path_rebuilds_differ_and_ref_model_fixe
     assert abs(loss - math.log(2)) < 1e-3, loss
 
 
-def test_sft_by_path_loads_the_plugin_with_its_strategy(plugin_dir, tmp_path):
+@pytest.mark.parametrize("packing", [False, True])
+def test_sft_by_path_loads_the_plugin_with_its_strategy(plugin_dir, tmp_path, packing):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, report_to="none", use_cpu=True,
-                     save_strategy="no", max_length=32)
+                     save_strategy="no", max_length=32, packing=packing)
     data = Dataset.from_list([{"text": t} for t in ("hello world", "the sky is blue", "two and two", "water is wet")])
     trainer = SFTTrainer(model=str(plugin_dir), args=args, train_dataset=data)
     assert isinstance(trainer.model, CustomQwen3ForCausalLM) and trainer.model.mask_strategy.name == "sliding_window"
@@ -234,3 +235,25 @@ def test_onnx_export_without_position_ids_matches_onnxruntime(checkpoint, tmp_pa
     got = torch.from_numpy(session.run(None, feeds)[0])
     real = mask.bool()
     torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------ the README's guide, as written
+def test_the_readme_client_recipes_run_as_written(stock_dir, plugin_dir, tokenizer, tmp_path, monkeypatch):
+    """Every python block of the README's Clients section, in order, in one namespace: the README's names
+    (data, pairs, tokenizer, saved_plugin_dir) bound to small local ones, the Hub id to the embedded default, and
+    TRL's configs told use_cpu=True and lm-eval device="cpu" where there is no GPU (their defaults need one)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Clients")[1].split("\n## ")[0]
+    blocks = [block.split("```")[0] for block in section.split("```python\n")[1:]]
+    assert len(blocks) >= 4
+    monkeypatch.chdir(tmp_path)
+    namespace = {"saved_plugin_dir": str(plugin_dir), "tokenizer": tokenizer, "pairs": preferences(),
+                 "data": Dataset.from_list([{"text": t} for t in ("hello world", "the sky is blue", "two and two", "water is wet")])}
+    for block in blocks:
+        code = block.replace("Qwen/Qwen3-0.6B", str(stock_dir))
+        if not torch.cuda.is_available():
+            code = code.replace("SFTConfig(", "SFTConfig(use_cpu=True, ").replace("DPOConfig(", "DPOConfig(use_cpu=True, ")
+            code = code.replace("HFLM(", "HFLM(device='cpu', ")  # lm-eval's default device is cuda
+        exec(compile(code, "README.md", "exec"), namespace)
