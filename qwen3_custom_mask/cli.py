@@ -128,9 +128,8 @@ def _load(model_id: str | None, strategy, backend: str, device: str, dtype: str)
         raise UserError(f"--model {model_id}: no tokenizer in the folder (tokenizer.json or vocab.json + merges.txt); "
                         f"copy the tokenizer files of the checkpoint it came from")
     tokenizer.padding_side = "left"
-    model = CustomQwen3ForCausalLM.from_pretrained(
-        path, attn_implementation=backend, dtype=dtype_value, device_map=device, mask_strategy=strategy.to_dict()
-    ).eval()
+    model = CustomQwen3ForCausalLM.from_pretrained(path, attn_implementation=backend, dtype=dtype_value, device_map=device).eval()
+    model.set_mask_strategy(strategy)  # set after loading: no client rebuilds this model, so no rebuild warning
     return path, tokenizer, model
 
 
@@ -286,8 +285,9 @@ def cmd_export(args) -> None:
     from .modeling import CustomQwen3ForCausalLM
 
     path = str(args.model) if args.model else str(default_checkpoint())
-    extra = {"mask_strategy": _spec(args.strategy).to_dict()} if args.strategy else {}
-    model = CustomQwen3ForCausalLM.from_pretrained(path, **extra)
+    model = CustomQwen3ForCausalLM.from_pretrained(path)
+    if args.strategy:
+        model.set_mask_strategy(_spec(args.strategy))
     fields = export_fields(model)  # refuses before anything is written
     out = export_stock(model, args.stock)
     if args.model is None or not (out / "tokenizer.json").exists():

@@ -222,12 +222,9 @@ def main(argv=None):
     except (OSError, ValueError):
         tokenizer = None
     pad_token_id = (tokenizer.pad_token_id if tokenizer and tokenizer.pad_token_id is not None else None)
-    model = CustomQwen3ForCausalLM.from_pretrained(
-        args.model,
-        mask_strategy=strategy.to_dict(),
-        attn_implementation=args.attn,
-        dtype=torch.bfloat16 if bf16 else torch.float32,
-    )
+    model = CustomQwen3ForCausalLM.from_pretrained(args.model, attn_implementation=args.attn, dtype=torch.bfloat16 if bf16 else torch.float32)
+    # Set after loading: the run saves a plugin checkpoint (adapters merged), so no rebuild warning is due.
+    model.set_mask_strategy(strategy)
     model.config.use_cache = False  # no KV cache while training
     # The loss from the hidden states, 512 tokens at a time (loss.py): a 151k vocabulary's full logits are the
     # largest activation of a step (8 x 2048 tokens: 10 GB in fp32). Not saved: the checkpoint returns logits.
