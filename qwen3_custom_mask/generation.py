@@ -101,13 +101,15 @@ class MaskedGenerationMixin:
                 )
         if "prefix_lengths" in strategy.inputs and kwargs.get("prefix_lengths") is None:
             # Clients that cannot pass it (pipeline, lm-eval, TRL): each row's prompt, its real tokens, is the prefix.
-            kwargs["prefix_lengths"] = prompt_lengths(input_ids, kwargs.get("inputs_embeds"), kwargs.get("attention_mask"))
+            pad = kwargs.get("pad_token_id", config.pad_token_id)
+            kwargs["prefix_lengths"] = prompt_lengths(input_ids, kwargs.get("inputs_embeds"), kwargs.get("attention_mask"), pad, config.eos_token_id)
         try:
             return super().generate(inputs, generation_config, **kwargs)
         except UncacheableMaskError:
             # Opt-in (config.recompute_when_uncacheable) for clients that force use_cache=True (lm-eval): the same
             # tokens as use_cache=False, recomputed at every step. A streamer has seen tokens already: no retry.
-            if not getattr(self.config, "recompute_when_uncacheable", False) or kwargs.get("streamer") is not None:
+            # A caller's cache was filled by the failed attempt: no retry on it (a fresh one would not be theirs).
+            if not getattr(self.config, "recompute_when_uncacheable", False) or kwargs.get("streamer") is not None or cache is not None:
                 raise
             return super().generate(inputs, generation_config, **{**kwargs, "use_cache": False})
 
@@ -247,9 +249,15 @@ class MaskedGenerationMixin:
                 )
 
 
-def prompt_lengths(input_ids, inputs_embeds, attention_mask) -> torch.Tensor:
-    """(batch,) the real tokens of each row of the prompt: what prefix_lm takes as the prefix when none is given."""
+def prompt_lengths(input_ids, inputs_embeds, attention_mask, pad_token_id=None, eos_token_id=None) -> torch.Tensor:
+    """(batch,) the real tokens of each row of the prompt: what prefix_lm takes as the prefix when none is given.
+
+    Without an attention_mask, padding is read from the pad id as generate() infers its mask: only when the pad
+    id is not also an EOS id (Qwen3's is, so there every token counts, as generate() counts them)."""
     if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
         return attention_mask.sum(-1).long()
+    eos = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    if input_ids is not None and pad_token_id is not None and pad_token_id not in eos:
+        return (input_ids != pad_token_id).sum(-1).long()
     like = input_ids if input_ids is not None else inputs_embeds
     return torch.full((like.shape[0],), like.shape[1], dtype=torch.long, device=like.device)

@@ -34,7 +34,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, denominator, chunk_size):
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        # fp32 until backward has applied grad_output: an fp16 copy would overflow under a loss scale of 65536
+        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
@@ -53,11 +54,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             exp = exp.to(weight.dtype)
             if want_hidden:
                 grad = (exp @ weight).float() * scale[:, None] - weight[t].float() / denominator
-                grad_hidden[start : start + chunk_size] = grad.to(hidden.dtype)
+                grad_hidden[start : start + chunk_size] = grad
             if want_weight:
                 grad_weight += (exp.T @ (h.float() * scale[:, None]).to(weight.dtype)).float()
                 grad_weight.index_add_(0, t, h.float() / -denominator)
-        ctx.weight_dtype = weight.dtype
+        ctx.weight_dtype, ctx.hidden_dtype = weight.dtype, hidden.dtype
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / denominator
 
@@ -65,12 +66,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+            grad_hidden = (grad_hidden * grad_output).to(ctx.hidden_dtype)
         if grad_weight is not None:
             grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None
 
 
+def chunkable_head(lm_head) -> bool:
+    """Whether the chunked loss may read ``lm_head.weight`` for the head: a plain, hook-free nn.Linear with its
+    weight present. A PEFT-wrapped head (LoRA on lm_head, trainable tokens, modules_to_save), hooks, or a
+    ZeRO-3-partitioned (empty) weight would be bypassed by reading the weight: those take stock's loss."""
+    return (type(lm_head) is nn.Linear and lm_head.bias is None and lm_head.weight.numel() > 0
+            and not (lm_head._forward_hooks or lm_head._forward_pre_hooks))
+
+
+@torch.compiler.disable  # a Python loop over a data-dependent number of tokens: compiled, it recompiles each step
 def chunked_causal_lm_loss(
     hidden_states: torch.Tensor,
     lm_head: nn.Linear,

@@ -41,7 +41,7 @@ from . import masks  # noqa: F401  (registers the built-in strategies)
 from .compat import check_internals, forward_cache_kwarg, pop_cache
 from .configuration import CustomQwen3Config, strategy_fields
 from .generation import MaskedGenerationMixin
-from .loss import DEFAULT_CHUNK_SIZE, chunked_causal_lm_loss
+from .loss import DEFAULT_CHUNK_SIZE, chunkable_head, chunked_causal_lm_loss
 from .lowering import FLASH_BACKENDS
 from .masking import LayerMasks, build_masks, flash_error, pick_layer_mask
 from .registry import mask_input_names
@@ -85,7 +85,7 @@ def cpu_flex_static_shapes(config, device):
 _warned_rebuilds: set = set()
 
 
-def warn_if_path_rebuilds_differently(model, path) -> None:
+def warn_if_path_rebuilds_differently(model, path, **location) -> None:
     """One warning when ``model``'s strategy was given at load time and differs from what ``path`` records.
 
     Clients that rebuild a model from its path get the path's mask, not this one: TRL's DPO/KTO reference
@@ -93,7 +93,7 @@ def warn_if_path_rebuilds_differently(model, path) -> None:
     cannot fix their rebuild, so it says so once, with the fix.
     """
     try:
-        recorded = resolve_strategy(CustomQwen3Config.from_pretrained(path).mask_strategy)
+        recorded = resolve_strategy(CustomQwen3Config.from_pretrained(path, **location).mask_strategy)
     except (OSError, ValueError):  # not a folder or hub id this process can read again: nothing to compare
         return
     current = model.mask_strategy if hasattr(model, "mask_strategy") else None
@@ -103,7 +103,7 @@ def warn_if_path_rebuilds_differently(model, path) -> None:
     _warned_rebuilds.add(key)
     logger.warning(
         "Loaded %s with mask_strategy %s, but the folder records %s. Whatever rebuilds this model from its path gets "
-        "%s: TRL's DPOTrainer/KTOTrainer reference model and a PEFT adapter's base_model_name_or_path "
+        "%s: the reference model TRL's DPO, KTO, GRPO and RLOO trainers build, and a PEFT adapter's base_model_name_or_path "
         "(AutoPeftModelForCausalLM). Save the plugin checkpoint first (model.save_pretrained(out_dir), then load "
         "from out_dir), or pass ref_model= to TRL.",
         path, current.to_dict(), recorded.to_dict(), recorded.to_dict(),
@@ -117,8 +117,9 @@ class LoadTimeStrategyMixin:
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         given = kwargs.get("mask_strategy") is not None
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if given:
-            warn_if_path_rebuilds_differently(model, pretrained_model_name_or_path)
+        if given:  # read the folder where from_pretrained read it
+            location = {k: kwargs[k] for k in ("subfolder", "revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+            warn_if_path_rebuilds_differently(model, pretrained_model_name_or_path, **location)
         return model
 
 
@@ -298,6 +299,12 @@ def with_chunked_loss(forward):
         labelled = arguments.get("labels") is not None or extra.get("shift_labels") is not None
         if skip_logits is None and not labelled:
             return forward(self, *args, **kwargs)
+        if not chunkable_head(self.lm_head):
+            if skip_logits is None:  # e.g. LoRA on lm_head: reading its weight would train without the adapter
+                logger.warning_once(f"loss_chunk_size is set, but lm_head is a {type(self.lm_head).__name__} (adapter, "
+                                    f"hooks or a partitioned weight): the loss is computed from the full logits instead.")
+                return forward(self, *args, **kwargs)
+            raise ValueError(f"skip_logits=True needs a plain nn.Linear lm_head; this one is a {type(self.lm_head).__name__}.")
         if not labelled:
             raise ValueError("skip_logits=True returns only the loss, so it needs labels (or shift_labels).")
         if not isinstance(arguments.get("logits_to_keep", 0), int) or arguments.get("logits_to_keep", 0) != 0:

@@ -71,7 +71,7 @@ def test_a_load_time_strategy_warns_that_path_rebuilds_differ_and_ref_model_fixe
     spec = {"name": "sliding_window", "window": 1}  # a spec this process has not loaded yet: the warning comes once
     with caplog.at_level(logging.WARNING, logger=WARNS):
         policy = CustomQwen3ForCausalLM.from_pretrained(stock_dir, mask_strategy=spec)
-    assert "DPOTrainer" in caplog.text and "save_pretrained" in caplog.text and "ref_model=" in caplog.text
+    assert "DPO" in caplog.text and "GRPO" in caplog.text and "save_pretrained" in caplog.text and "ref_model=" in caplog.text
     # What TRL builds without ref_model is the folder's causal model, which the warning said: the loss is not log 2.
     _, loss = dpo_step0_loss(policy, tmp_path / "a", tokenizer_dir=stock_dir)
     assert abs(loss - math.log(2)) > 1e-3
@@ -257,3 +257,21 @@ def test_the_readme_client_recipes_run_as_written(stock_dir, plugin_dir, tokeniz
             code = code.replace("SFTConfig(", "SFTConfig(use_cpu=True, ").replace("DPOConfig(", "DPOConfig(use_cpu=True, ")
             code = code.replace("HFLM(", "HFLM(device='cpu', ")  # lm-eval's default device is cuda
         exec(compile(code, "README.md", "exec"), namespace)
+
+
+def test_prefix_default_reads_padding_from_the_pad_id_without_a_mask(checkpoint):
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="prefix_lm").eval()
+    ids = torch.tensor([[0, 0, 0, 0, 5, 6, 7, 8, 9, 10], list(range(20, 30))])  # row 0 left-padded with pad id 0
+    greedy = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    mask = (ids != 0).long()
+    expected = model.generate(ids, attention_mask=mask, prefix_lengths=mask.sum(-1), **greedy)
+    assert torch.equal(model.generate(ids, **greedy), expected)
+
+
+def test_recompute_does_not_retry_on_a_cache_the_caller_passed(stock_dir, tokenizer, tmp_path):
+    from transformers import DynamicCache
+
+    model = CustomQwen3ForCausalLM.from_pretrained(saved(stock_dir, tmp_path, "bidirectional", recompute_when_uncacheable=True)).eval()
+    batch = tokenizer(PROMPTS[:1], return_tensors="pt")
+    with pytest.raises(ValueError, match="cannot honour"):  # the cache check's own error, not a confusing later one
+        model.generate(**batch, max_new_tokens=2, do_sample=False, use_cache=True, cache=DynamicCache(config=model.config))

@@ -190,3 +190,37 @@ def test_bad_settings_are_refused_with_the_fix(train_model):
         model(**batch, logits_to_keep=1)
     with pytest.raises(ValueError, match="do not match"):
         chunked_causal_lm_loss(torch.zeros(2, 5, 64), model.lm_head, torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_a_wrapped_head_takes_the_full_logits_loss(checkpoint, tmp_path, caplog):
+    """LoRA on lm_head (untied head): reading lm_head.weight would train without the adapter, so the plain loss."""
+    from peft import LoraConfig, get_peft_model
+
+    from qwen3_custom_mask.tiny import save_tiny_checkpoint
+
+    path = save_tiny_checkpoint(tmp_path / "untied", tie_word_embeddings=False)
+    strategy, batch = BATCHES["causal_lm"]
+    grads = {}
+    for chunk_size in (None, 4):
+        torch.manual_seed(0)  # the same random adapters both times
+        model = get_peft_model(CustomQwen3ForCausalLM.from_pretrained(path).train(),
+                               LoraConfig(r=4, target_modules=["q_proj", "lm_head"], init_lora_weights=False))
+        model.config.loss_chunk_size = chunk_size
+        with caplog.at_level("WARNING"):
+            out = model(**batch)
+        out.loss.backward()
+        grads[chunk_size] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert "the loss is computed from the full logits instead" in caplog.text
+    assert any("lm_head.lora_B" in n for n in grads[4])
+    for name in grads[None]:
+        torch.testing.assert_close(grads[4][name], grads[None][name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_fp16_under_a_large_loss_scale_stays_finite(checkpoint):
+    strategy, batch = BATCHES["causal_lm"]
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, dtype=torch.float16).train()
+    for chunk_size in (None, 4):
+        model.config.loss_chunk_size = chunk_size
+        model.zero_grad()
+        (model(**batch).loss * 131072).backward()  # GradScaler's scale grows past fp16's 65504
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), chunk_size
