@@ -9,6 +9,8 @@ from transformers import Qwen3Config
 
 # Bumped when the saved spec format changes meaning; a config from a newer format is refused, not misread.
 MASK_SPEC_VERSION = 1
+# The fields this config adds to Qwen3Config: an export to stock drops them, and generation_config must not keep them.
+PLUGIN_FIELDS = ("mask_strategy", "mask_spec_version", "loss_chunk_size", "recompute_when_uncacheable")
 
 
 def strategy_fields(fields: dict[str, Any]) -> dict[str, Any]:

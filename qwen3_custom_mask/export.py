@@ -17,11 +17,10 @@ from pathlib import Path
 
 from transformers import Qwen3Config
 
-from .configuration import CustomQwen3Config
+from .configuration import PLUGIN_FIELDS, CustomQwen3Config
 
 logger = logging.getLogger(__name__)
 
-PLUGIN_KEYS = ("mask_strategy", "mask_spec_version", "loss_chunk_size", "recompute_when_uncacheable")
 
 
 def legacy_sliding_fields(layer_types: list[str], strategy) -> dict:
@@ -125,7 +124,7 @@ def export_stock(model, out_dir: str | Path) -> Path:
     fields = export_fields(model)
     out = Path(out_dir)
     model.save_pretrained(out)
-    plain = {k: v for k, v in config.to_dict().items() if k not in PLUGIN_KEYS and k != "model_type"}
+    plain = {k: v for k, v in config.to_dict().items() if k not in PLUGIN_FIELDS and k != "model_type"}
     plain.update(fields)
     plain["architectures"] = [type(model).__name__.replace("Custom", "", 1)]
     Qwen3Config(**plain).to_json_file(out / "config.json")

@@ -21,6 +21,7 @@ from transformers.generation.configuration_utils import GenerationMode
 
 from .cache import BoundedCache
 from .compat import generate_cache_kwarg, pop_cache
+from .configuration import PLUGIN_FIELDS
 from .lowering import dense_mask
 from .masking import LayerMasks, as_bool_user_mask, build_masks
 from .masks.document import document_ids_of
@@ -32,12 +33,11 @@ from .registry import mask_input_names
 _STEP_INPUTS: contextvars.ContextVar[dict] = contextvars.ContextVar("qwen3_custom_mask_step_inputs", default={})
 
 ASSISTED_MODES = (GenerationMode.ASSISTED_GENERATION,)
+GENERATE_CACHE_KWARG = generate_cache_kwarg()  # read once: torch.compile sees a plain string
 
 
 class UncacheableMaskError(ValueError):
     """The strategy lets a cached token see a later one: a KV cache cannot honour it (use_cache=False can)."""
-
-GENERATE_CACHE_KWARG = generate_cache_kwarg()  # read once: torch.compile sees a plain string
 
 
 class MaskedGenerationMixin:
@@ -49,7 +49,7 @@ class MaskedGenerationMixin:
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         # from_pretrained hands kwargs such as mask_strategy= to the GenerationConfig as well, where they would be
         # saved and go stale: the strategy belongs in config.json only.
-        for key in ("mask_strategy", "mask_spec_version", "loss_chunk_size", "recompute_when_uncacheable"):
+        for key in PLUGIN_FIELDS:
             model.generation_config.__dict__.pop(key, None)
         return loaded
 

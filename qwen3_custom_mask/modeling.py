@@ -256,6 +256,14 @@ def _refuse_collator_columns(kwargs: dict) -> None:
         )
 
 
+def with_keyword_params(wrapper, forward, names) -> None:
+    """Gives ``wrapper`` the signature of ``forward`` plus keyword-only ``names`` (default None) before **kwargs."""
+    signature = inspect.signature(forward)
+    params = list(signature.parameters.values())
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names if name not in signature.parameters]
+    wrapper.__signature__ = signature.replace(parameters=params[:-1] + extra + params[-1:])
+
+
 def with_mask_inputs(forward):
     """``forward`` with the built-in strategies' inputs in its signature (they still travel in **kwargs).
 
@@ -267,11 +275,7 @@ def with_mask_inputs(forward):
     def wrapper(self, *args, **kwargs):
         return forward(self, *args, **kwargs)
 
-    signature = inspect.signature(forward)
-    params = list(signature.parameters.values())
-    names = [*BUILTIN_MASK_INPUTS, *COLLATOR_COLUMNS]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names if name not in signature.parameters]
-    wrapper.__signature__ = signature.replace(parameters=params[:-1] + extra + params[-1:])
+    with_keyword_params(wrapper, forward, [*BUILTIN_MASK_INPUTS, *COLLATOR_COLUMNS])
     return wrapper
 
 
@@ -320,11 +324,7 @@ def with_chunked_loss(forward):
             **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD, None)},
         )
 
-    wrapper.__signature__ = signature.replace(parameters=[
-        *list(signature.parameters.values())[:-1],
-        inspect.Parameter("skip_logits", inspect.Parameter.KEYWORD_ONLY, default=None),
-        list(signature.parameters.values())[-1],
-    ])
+    with_keyword_params(wrapper, forward, ["skip_logits"])
     return wrapper
 
 
