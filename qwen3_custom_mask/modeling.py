@@ -96,9 +96,9 @@ def warn_if_path_rebuilds_differently(model, path, **location) -> None:
         recorded = resolve_strategy(CustomQwen3Config.from_pretrained(path, **location).mask_strategy)
     except (OSError, ValueError):  # not a folder or hub id this process can read again: nothing to compare
         return
-    current = model.mask_strategy if hasattr(model, "mask_strategy") else None
-    key = (str(path), repr(current.to_dict()) if current is not None else None)
-    if current is None or current == recorded or key in _warned_rebuilds:
+    current = model.mask_strategy
+    key = (str(path), repr(current.to_dict()))
+    if current == recorded or key in _warned_rebuilds:
         return
     _warned_rebuilds.add(key)
     logger.warning(
@@ -116,11 +116,12 @@ class LoadTimeStrategyMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         given = kwargs.get("mask_strategy") is not None
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if given:  # read the folder where from_pretrained read it
+            model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
             location = {k: kwargs[k] for k in ("subfolder", "revision", "token", "cache_dir", "local_files_only") if k in kwargs}
             warn_if_path_rebuilds_differently(model, pretrained_model_name_or_path, **location)
-        return model
+        return loaded
 
 
 class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):

@@ -275,3 +275,10 @@ def test_recompute_does_not_retry_on_a_cache_the_caller_passed(stock_dir, tokeni
     batch = tokenizer(PROMPTS[:1], return_tensors="pt")
     with pytest.raises(ValueError, match="cannot honour"):  # the cache check's own error, not a confusing later one
         model.generate(**batch, max_new_tokens=2, do_sample=False, use_cache=True, cache=DynamicCache(config=model.config))
+
+
+def test_the_rebuild_warning_also_comes_with_output_loading_info(checkpoint, caplog):
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        model, info = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy={"name": "sliding_window", "window": 5},
+                                                             output_loading_info=True)
+    assert model.mask_strategy.name == "sliding_window" and "AutoPeftModelForCausalLM" in caplog.text
