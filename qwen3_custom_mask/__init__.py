@@ -54,10 +54,6 @@ def __dir__():
 
 # The one exception to the eager registration: the `qwen3-mask` command, so that `--help` and `list` answer
 # without loading torch and transformers (its model commands import modeling.py, which registers).
-from .compat import warn_if_untested  # noqa: E402  (torch-free: reads the installed version only)
-
-warn_if_untested()
-
 # The project's own entry points import the model code themselves once their arguments are checked.
 if os.path.basename(sys.argv[0] if sys.argv else "") not in ("qwen3-mask", "finetune.py", "benchmark.py"):
     from . import masks, modeling  # noqa: F401, E402

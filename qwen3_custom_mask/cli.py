@@ -388,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # An untested transformers: said by selfcheck and under -v, never in front of an ordinary answer.
+    from .compat import mute_untested_notice, untested_notice
+
+    mute_untested_notice()
+    if args.verbose and untested_notice():
+        print(f"qwen3-mask: note: {untested_notice()}", file=sys.stderr)
     if args.command in ("generate", "demo", "export"):  # flag mistakes answer before anything heavy is imported
         try:
             _check_flags(args)

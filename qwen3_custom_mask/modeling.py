@@ -38,7 +38,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3PreTrainedModel
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from . import masks  # noqa: F401  (registers the built-in strategies)
-from .compat import check_internals, forward_cache_kwarg, pop_cache
+from .compat import check_internals, forward_cache_kwarg, pop_cache, warn_if_untested
 from .configuration import CustomQwen3Config, strategy_fields
 from .generation import MaskedGenerationMixin
 from .loss import DEFAULT_CHUNK_SIZE, chunkable_head, chunked_causal_lm_loss
@@ -82,25 +82,21 @@ def cpu_flex_static_shapes(config, device):
     return contextlib.nullcontext()
 
 
-_warned_rebuilds: set = set()
-
-
 def warn_if_path_rebuilds_differently(model, path, **location) -> None:
-    """One warning when ``model``'s strategy was given at load time and differs from what ``path`` records.
+    """A warning when ``model``'s strategy was given at load time and differs from what ``path`` records.
 
     Clients that rebuild a model from its path get the path's mask, not this one: TRL's DPO/KTO reference
     (from ``config._name_or_path``), PEFT's adapter (``base_model_name_or_path``, then AutoPeftModel). The plugin
-    cannot fix their rebuild, so it says so once, with the fix.
+    cannot fix their rebuild, so it says so, with the fix, at every such load: each load makes a new model
+    whose adapters or references may be rebuilt stock (deduplicating per folder hid the second one).
     """
     try:
         recorded = resolve_strategy(CustomQwen3Config.from_pretrained(path, **location).mask_strategy)
     except (OSError, ValueError):  # not a folder or hub id this process can read again: nothing to compare
         return
     current = model.mask_strategy
-    key = (str(path), repr(current.to_dict()))
-    if current == recorded or key in _warned_rebuilds:
+    if current == recorded:
         return
-    _warned_rebuilds.add(key)
     logger.warning(
         "Loaded %s with mask_strategy %s, but the folder records %s. Whatever rebuilds this model from its path gets "
         "%s: the reference model TRL's DPO, KTO, GRPO and RLOO trainers build, and a PEFT adapter's base_model_name_or_path "
@@ -136,6 +132,7 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
 
     def __init__(self, config: Qwen3Config):
         check_internals()  # a transformers whose hooks moved: refuse here, never build a silently wrong mask
+        warn_if_untested()  # once per process: a release newer than CI has proven
         super().__init__(as_custom_config(config))
         for idx, layer in enumerate(self.layers):
             layer.register_forward_pre_hook(partial(pick_layer_mask, idx), with_kwargs=True)

@@ -86,8 +86,10 @@ def _checks(path, torch):
     def flex():
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401  (ImportError: not available)
 
-        sdpa = load(CustomQwen3ForCausalLM, "sdpa", mask_strategy={"name": "sliding_window", "window": 3})
-        model = load(CustomQwen3ForCausalLM, "flex_attention", mask_strategy={"name": "sliding_window", "window": 3})
+        # The strategy set after loading: a load-time strategy on this temporary folder would warn about rebuilds.
+        sdpa, model = load(CustomQwen3ForCausalLM, "sdpa"), load(CustomQwen3ForCausalLM, "flex_attention")
+        for each in (sdpa, model):
+            each.set_mask_strategy({"name": "sliding_window", "window": 3})
         diff = decode_step(model, {})
         ref = (model(ids, attention_mask=mask).logits - sdpa(ids, attention_mask=mask).logits).abs().max().item()
         return diff < 1e-4 and ref < 1e-4, f"cached vs uncached {diff:.1e}, flex vs sdpa {ref:.1e}"
@@ -102,12 +104,14 @@ def selfcheck(stream=None, flex: bool = True) -> bool:
     import torch
     import transformers
 
-    from .compat import TESTED, check_internals
+    from .compat import TESTED, check_internals, untested_notice
     from .tiny import save_tiny_checkpoint
 
     out = stream or sys.stdout
     print(f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__} "
           f"(tested: {TESTED[0]} to {TESTED[1]})", file=out)
+    if untested_notice():
+        print(f"note  {untested_notice()}", file=out)
     try:
         check_internals()
     except RuntimeError as err:
