@@ -10,7 +10,36 @@ Tested range (CI): `TESTED` below. A newer transformers is not an error: the pro
 plugin can run, and `untested_notice` says once per process, where it helps (model construction in Python,
 ``qwen3-mask selfcheck`` and ``-v``), that it has not been proven there. It never prints on a CLI answer, so a
 new release cannot turn a test of the CLI's output red by itself. ``QWEN3_MASK_ASSUME_UNTESTED=1`` makes the
-installed version count as untested (CI runs the suite's key paths so).
+installed version count as untested (CI runs the whole suite so).
+
+Every transformers (and torch) internal the plugin relies on, and why. Public API (``masking_utils`` mask
+functions, ``create_masks_for_generate``, ``GenerationConfig``, ``Cache.get_seq_length``, the Auto classes) is
+not listed. "probed" = `internals` checks it when a model is built and names it if it moved.
+
+| internal                                                          | where           | why                                     | check      |
+|-------------------------------------------------------------------|-----------------|-----------------------------------------|------------|
+| the cache keyword (``cache`` / ``past_key_values``) of             | modeling,       | hand the cache on under the name the    | probed     |
+| ``Qwen3Model.forward``, the mask builders, generate's hooks       | masking, gen.   | installed version reads                 |            |
+| ``Qwen3Model.forward`` uses a ready ``{layer_type: mask}`` dict   | modeling        | the body's masks reach stock's layers   | selfcheck  |
+| decoder layers forward ``**kwargs`` to the attention function     | masking         | per-layer masks/kwargs (pre-hook)       | probed     |
+| ``GenerationMixin._prepare_position_ids_for_generation``          | generation      | documents: the prompt's own positions   | probed     |
+| ``GenerationMixin._validate_model_kwargs``                        | generation      | registered strategies' per-call inputs  | probed     |
+| ``prepare_inputs_for_generation(next_sequence_length,             | generation      | the tokens a step adds (cache check)    | probed     |
+| is_first_iteration)`` keyword names                               |                 |                                         |            |
+| ``Cache.get_mask_sizes(query_length, layer_idx)`` -> (len, offset)| masking         | masks sized per layer type              | probed     |
+| ``config._attn_implementation``                                   | masking         | which lowering (stock's own convention) | probed     |
+| ``Qwen3Attention.sliding_window`` / ``.layer_type``               | modeling        | flash reads the window off the module   | probed     |
+| ``CausalLMOutputWithPast``'s cache field name                     | modeling        | the chunked loss's output               | read       |
+| ``DynamicLayer`` (``lazy_initialization``, ``keys``, ``values``)  | cache           | BoundedCache's layers                   | probed     |
+| flash kwargs ``cu_seq_lens_q/k``, ``max_length_q/k``, ``is_causal``| masking         | packed documents under flash (varlen)   | GPU check  |
+| ``utils.generic.can_return_tuple``, ``merge_with_config_defaults``| modeling        | the heads' forward as stock decorates it| import     |
+| ``TrainingArguments`` checkpointing field (renamed in 5.2x)       | finetune        | the recipe's checkpointing switch       | read       |
+| ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``                             | modeling        | Trainer's label smoother shifts labels  | probed     |
+| ``PreTrainedModel._tied_weights_keys``                            | fsdp            | re-tie weights after FSDP2 sharding     | FSDP test  |
+| torch ``_create_sparse_block_from_block_mask``                    | lowering        | BlockMask from interval block indices   | probed     |
+| torch ``_dynamo.config.automatic_dynamic_shapes``                 | modeling        | CPU flex static shapes (torch 2.13 bug) | import     |
+
+Replaced by public API (5.25 pass): ``GenerationMixin._prepare_generation_config`` (-> ``GenerationConfig.update``).
 """
 
 from __future__ import annotations
@@ -97,7 +126,8 @@ def internals() -> dict:
     transformers' Qwen3 forward, mask builders and generate hooks take, and what could not be found."""
     from transformers import GenerationMixin, Qwen3Model
     from transformers import masking_utils
-    from transformers.cache_utils import Cache
+    from transformers.cache_utils import Cache, DynamicLayer
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
     missing: list[str] = []
     found = {
@@ -123,6 +153,20 @@ def internals() -> dict:
     for hook in ("_prepare_position_ids_for_generation", "_validate_model_kwargs", "create_masks_for_generate"):
         if not hasattr(GenerationMixin, hook) and not hasattr(masking_utils, hook):
             missing.append(f"GenerationMixin.{hook}")
+    step = _parameters(GenerationMixin.prepare_inputs_for_generation)
+    for name in ("next_sequence_length", "is_first_iteration"):
+        if name not in step:
+            missing.append(f"GenerationMixin.prepare_inputs_for_generation({name}=) (its parameters: {list(step)})")
+    layer = _parameters(Qwen3DecoderLayer.forward)
+    if not any(p.kind is p.VAR_KEYWORD for p in layer.values()):
+        missing.append("Qwen3DecoderLayer.forward(**kwargs), which hands per-layer attention kwargs on")
+    for attribute in ("lazy_initialization", "update", "get_seq_length"):
+        if not hasattr(DynamicLayer, attribute):
+            missing.append(f"transformers.cache_utils.DynamicLayer.{attribute}")
+    try:
+        from torch.nn.attention.flex_attention import _create_sparse_block_from_block_mask  # noqa: F401
+    except ImportError:
+        missing.append("torch.nn.attention.flex_attention._create_sparse_block_from_block_mask")
     found["missing"] = missing
     return found
 
@@ -136,6 +180,23 @@ def check_internals() -> None:
             + "; ".join(missing)
             + f". It is tested with transformers {TESTED[0]} to {TESTED[1]}: install one of those "
             f"(pip install 'transformers>={TESTED[0]},<={TESTED[1]}') or upgrade qwen3-custom-mask."
+        )
+
+
+def check_model_internals(model) -> None:
+    """The internals only a built model shows: each attention module carries ``sliding_window`` and ``layer_type``
+    (flash-attention reads the window there), and the config names its backend in ``_attn_implementation``."""
+    missing = []
+    if not hasattr(model.config, "_attn_implementation"):
+        missing.append("config._attn_implementation")
+    attn = model.layers[0].self_attn if len(model.layers) else None
+    for name in ("sliding_window", "layer_type"):
+        if attn is not None and not hasattr(attn, name):
+            missing.append(f"Qwen3Attention.{name}")
+    if missing:
+        raise RuntimeError(
+            f"qwen3-custom-mask cannot find these transformers {transformers_version()} internals: {'; '.join(missing)}. "
+            f"It is tested with transformers {TESTED[0]} to {TESTED[1]}: install one of those or upgrade qwen3-custom-mask."
         )
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextvars
+import copy
 from typing import Any
 
 import torch
@@ -92,7 +93,8 @@ class MaskedGenerationMixin:
             if fallback is not None:
                 kwargs["pad_token_id"] = fallback
         if isinstance(cache, BoundedCache):
-            resolved, _ = self._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k != GENERATE_CACHE_KWARG})
+            resolved = copy.deepcopy(config)  # the public GenerationConfig API, not generate()'s private preparation
+            resolved.update(**{k: v for k, v in kwargs.items() if k != GENERATE_CACHE_KWARG})
             if resolved.get_generation_mode(kwargs.get("assistant_model")) in ASSISTED_MODES:
                 raise ValueError(
                     "BoundedCache cannot be used for assisted decoding (assistant_model=, prompt_lookup_num_tokens=): "

@@ -33,12 +33,13 @@ from transformers import (
     Qwen3Model,
 )
 from transformers.cache_utils import DynamicCache
+from transformers.models.auto import modeling_auto
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen3.modeling_qwen3 import Qwen3PreTrainedModel
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from . import masks  # noqa: F401  (registers the built-in strategies)
-from .compat import check_internals, forward_cache_kwarg, pop_cache, warn_if_untested
+from .compat import check_internals, check_model_internals, forward_cache_kwarg, pop_cache, warn_if_untested
 from .configuration import CustomQwen3Config, strategy_fields
 from .generation import MaskedGenerationMixin
 from .loss import DEFAULT_CHUNK_SIZE, chunkable_head, chunked_causal_lm_loss
@@ -134,6 +135,7 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
         check_internals()  # a transformers whose hooks moved: refuse here, never build a silently wrong mask
         warn_if_untested()  # once per process: a release newer than CI has proven
         super().__init__(as_custom_config(config))
+        check_model_internals(self)
         for idx, layer in enumerate(self.layers):
             layer.register_forward_pre_hook(partial(pick_layer_mask, idx), with_kwargs=True)
         self.set_mask_strategy(self.config.mask_strategy)
@@ -382,11 +384,16 @@ class CustomQwen3ForQuestionAnswering(MaskStrategyHeadMixin, Qwen3ForQuestionAns
 
 
 AutoConfig.register(CustomQwen3Config.model_type, CustomQwen3Config)
-for _auto, _cls in (
-    (AutoModel, CustomQwen3Model),
-    (AutoModelForCausalLM, CustomQwen3ForCausalLM),
-    (AutoModelForSequenceClassification, CustomQwen3ForSequenceClassification),
-    (AutoModelForTokenClassification, CustomQwen3ForTokenClassification),
-    (AutoModelForQuestionAnswering, CustomQwen3ForQuestionAnswering),
+for _auto, _names, _cls in (
+    (AutoModel, "MODEL_MAPPING_NAMES", CustomQwen3Model),
+    (AutoModelForCausalLM, "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", CustomQwen3ForCausalLM),
+    (AutoModelForSequenceClassification, "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", CustomQwen3ForSequenceClassification),
+    (AutoModelForTokenClassification, "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", CustomQwen3ForTokenClassification),
+    (AutoModelForQuestionAnswering, "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", CustomQwen3ForQuestionAnswering),
 ):
     _auto.register(CustomQwen3Config, _cls)
+    # Auto.register does not reach the name tables that transformers switches behaviour on by class name:
+    # Trainer's label smoother shifts labels only for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES; `transformers
+    # serve` and the pipelines pick the task by them.
+    # Listed under our own model_type, which CONFIG_MAPPING_NAMES lacks, so the Auto lookups themselves are unchanged.
+    getattr(modeling_auto, _names).setdefault(CustomQwen3Config.model_type, _cls.__name__)

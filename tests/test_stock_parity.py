@@ -7,7 +7,9 @@ from transformers import Qwen3ForCausalLM
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
 
-from conftest import left_padded
+from qwen3_custom_mask.tiny import save_tiny_checkpoint
+
+from conftest import BACKENDS, left_padded
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
@@ -71,3 +73,39 @@ def test_decode_step_builds_only_new_rows(model_for, monkeypatch):
     model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
     layers = model.config.num_hidden_layers
     assert shapes == [(2, 1, 12, 12)] * layers + [(2, 1, 1, 13)] * layers + [(2, 1, 1, 14)] * layers
+
+
+# transformers 5.25 added packed-sequence detection to the sliding (and chunked, bidirectional) builders: restarting
+# position_ids without an attention_mask isolate each document. The default strategy must keep equalling stock on
+# it, with and without sliding layers, and a stock `is_causal: false` config must keep stock's bidirectional result.
+PACKED = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]])
+STOCK_CONFIGS = {
+    "plain": {},
+    "sliding-layers": dict(use_sliding_window=True, sliding_window=3, max_window_layers=1),
+    "layer_types": dict(layer_types=["sliding_attention", "full_attention"], use_sliding_window=True, sliding_window=3),
+    "is_causal-false": dict(is_causal=False),
+    "is_causal-false-sliding": dict(is_causal=False, use_sliding_window=True, sliding_window=3, max_window_layers=1),
+}
+
+
+@pytest.fixture(scope="module")
+def stock_config_dirs(tmp_path_factory):
+    return {name: save_tiny_checkpoint(tmp_path_factory.mktemp(name), **over) for name, over in STOCK_CONFIGS.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("config", list(STOCK_CONFIGS))
+@torch.no_grad()
+def test_stock_configs_equal_stock_on_packed_position_ids(stock_config_dirs, config, backend):
+    path = stock_config_dirs[config]
+    stock = Qwen3ForCausalLM.from_pretrained(path, attn_implementation=backend).eval()
+    custom = CustomQwen3ForCausalLM.from_pretrained(path, attn_implementation=backend).eval()
+    assert custom.mask_strategy.name == ("bidirectional" if "false" in config else "causal")
+    ids = torch.randint(0, 250, PACKED.shape, generator=torch.Generator().manual_seed(1))
+    for positions in (PACKED, None):
+        for use_cache in (False, True):  # detection runs without a cache only (training, use_cache=False)
+            expected = stock(ids, position_ids=positions, use_cache=use_cache).logits
+            assert torch.equal(custom(ids, position_ids=positions, use_cache=use_cache).logits, expected), (config, backend, positions)
+    if "false" not in config:  # stock isolates each packed document (the detection this test pins)
+        alone = stock(ids[:1, 4:7]).logits
+        torch.testing.assert_close(stock(ids, position_ids=PACKED, use_cache=False).logits[:1, 4:7], alone, atol=1e-5, rtol=1e-5)

@@ -116,3 +116,43 @@ def test_a_raw_prompt_length_column_survives_trainer_defaults(checkpoint, tmp_pa
     trainer = trainer_for(model, Dataset.from_list(rows[:1]), tmp_path)
     with pytest.raises(ValueError, match="prompt_length.*not a model input"):
         trainer.train()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["full-logits", "loss_chunk_size"])
+@pytest.mark.parametrize("peft", [False, True])
+def test_label_smoothing_shifts_labels_as_for_stock(checkpoint, tmp_path, chunked, peft):
+    """Trainer's label smoother shifts the labels only for class names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES: the
+    plugin's causal LM must get the shifted, stock loss (it was scored against its own input tokens)."""
+    from transformers import Qwen3ForCausalLM
+
+    def smoothed_loss(model):
+        if peft:
+            from peft import LoraConfig, get_peft_model
+            model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, report_to="none",
+                                 use_cpu=True, label_smoothing_factor=0.1)
+        rows = Dataset.from_dict({"input_ids": [[5, 9, 3, 7, 6, 4], [8, 2, 11, 12, 13, 14]],
+                                  "labels": [[5, 9, 3, 7, 6, 4], [8, 2, 11, 12, 13, 14]]})
+        trainer = Trainer(model=model, args=args, train_dataset=rows)
+        batch = next(iter(trainer.get_train_dataloader()))
+        model.train()
+        return trainer.compute_loss(model, batch)
+
+    stock = Qwen3ForCausalLM.from_pretrained(checkpoint)
+    custom = CustomQwen3ForCausalLM.from_pretrained(checkpoint)
+    stock.config.attention_dropout = custom.config.attention_dropout = 0.0
+    if chunked:
+        custom.config.loss_chunk_size = 4
+    torch.testing.assert_close(smoothed_loss(custom), smoothed_loss(stock), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_lookups_unchanged_by_the_name_tables(checkpoint):
+    """The class names sit under the plugin's own model_type: the Auto classes still map stock Qwen3 to stock."""
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    assert MODEL_FOR_CAUSAL_LM_MAPPING_NAMES["qwen3_custom_mask"] == "CustomQwen3ForCausalLM"
+    assert MODEL_FOR_CAUSAL_LM_MAPPING[Qwen3Config] is Qwen3ForCausalLM
+    assert type(AutoModelForCausalLM.from_pretrained(checkpoint)) is Qwen3ForCausalLM
+    custom = AutoConfig.for_model("qwen3_custom_mask")
+    assert MODEL_FOR_CAUSAL_LM_MAPPING[type(custom)] is CustomQwen3ForCausalLM
