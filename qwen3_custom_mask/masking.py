@@ -32,7 +32,10 @@ from transformers.masking_utils import (
     and_masks,
     create_causal_mask,
     create_sliding_window_causal_mask,
+    find_packed_sequence_indices,
 )
+
+from transformers.utils import logging
 
 from .cache import NOT_STARTED, BoundedCache
 from .compat import mask_cache_kwarg
@@ -41,6 +44,7 @@ from .strategy import and_intervals
 from .masks._checks import first_real_token
 from .masks.user_mask import check_user_mask, user_mask
 
+logger = logging.get_logger(__name__)
 DENSE_FLOAT_BACKENDS = ("eager", "sdpa")
 MASK_CACHE_KWARG = mask_cache_kwarg()  # read once: torch.compile sees a plain string
 
@@ -173,6 +177,37 @@ def sliding_layer_overlay(form: dict | None, window: int):
     return within
 
 
+def packed_documents(position_ids, attention_mask, cache, batch_size: int):
+    """(B, L) sequence index of every token when ``position_ids`` restart inside a row (padding-free packing:
+    TRL's bfd packing, DataCollatorWithFlattening), else None. The conditions are stock's packed-sequence
+    detection: no attention_mask and no cache (a training forward; generate() never packs)."""
+    if position_ids is None or attention_mask is not None or cache is not None:
+        return None
+    return find_packed_sequence_indices(position_ids.view(-1, position_ids.shape[-1]).expand(batch_size, -1))
+
+
+def within_documents(mask_mod, sequences: torch.Tensor, positions: torch.Tensor):
+    """``mask_mod`` read the way stock reads a mask on packed rows (masking_utils' packed-sequence remap): each
+    document on its own, at its own positions, as if it stood alone in its row. Stock does this for its causal,
+    sliding and chunked builders; here every strategy gets it, so a sliding-window model trains packed as its
+    stock export runs."""
+
+    def packed(batch_idx, head_idx, q_idx, kv_idx):
+        same = sequences[batch_idx, q_idx] == sequences[batch_idx, kv_idx]
+        return same & mask_mod(batch_idx, head_idx, positions[batch_idx, q_idx], positions[batch_idx, kv_idx])
+
+    return packed
+
+
+def refuse_packed(strategy) -> None:
+    needs = sorted(set(strategy.inputs) - {"document_ids"})
+    raise ValueError(
+        f"position_ids restart inside a row (padding-free packing, e.g. TRL's packing=True or DataCollatorWithFlattening), "
+        f"but the mask strategy {strategy.name!r} takes {needs} per row, which a packed row cannot give per document. "
+        f"Pad instead of packing (TRL: padding_free=False, packing_strategy='wrapped'), or pass an attention_mask."
+    )
+
+
 def _layer_sizes(config, cache, q_length: int) -> dict[str, tuple[int, int]]:
     """``{layer_type: (kv_offset, kv_length)}``, each read off the first cache layer of that type."""
     sizes = {}
@@ -245,6 +280,21 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
         structure = backend == "flex_attention" or backend in FLASH_BACKENDS  # block indices, varlen documents
         groups = [(s.mask_mod(**context), s.flash_form(), s.key_intervals(**context) if structure else None, layers)
                   for s, layers in body.mask_groups]
+        # Padding-free packing: every strategy reads each document alone, as stock's builders do. `document`
+        # reads the restarts itself; `bidirectional` keeps stock's is_causal: false result (no detection there).
+        sequences = None if strategy.places_tokens or backend in FLASH_BACKENDS else packed_documents(position_ids, attention_mask, cache, batch_size)
+        if sequences is not None:
+            if set(strategy.inputs) - {"document_ids"}:
+                refuse_packed(strategy)
+            positions = position_ids.view(-1, q_length).expand(batch_size, -1)
+            if any(is_bidirectional(form) for _, form, _, _ in groups) and body.training and not _compiling():
+                logger.warning_once(
+                    "position_ids restart inside a row (padding-free packing): 'bidirectional' attends across the packed "
+                    "documents, as stock's is_causal: false does. For packed bidirectional training use "
+                    "{'name': 'document', 'causal': False}."
+                )
+            groups = [(mask_mod if is_bidirectional(form) else within_documents(mask_mod, sequences, positions), form,
+                       intervals if is_bidirectional(form) else None, layers) for mask_mod, form, intervals, layers in groups]
 
     masks = LayerMasks()
     for mask_mod, form, intervals, layers in groups:

@@ -282,3 +282,79 @@ def test_the_rebuild_warning_also_comes_with_output_loading_info(checkpoint, cap
         model, info = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy={"name": "sliding_window", "window": 5},
                                                              output_loading_info=True)
     assert model.mask_strategy.name == "sliding_window" and "AutoPeftModelForCausalLM" in caplog.text
+
+
+PADDING_FREE_SPECS = [
+    "causal",
+    {"name": "sliding_window", "window": 3},
+    {"name": "chunked", "chunk_size": 2},
+    {"name": "attention_sinks", "sinks": 1, "window": 2},
+    {"name": "dilated_sliding_window", "window": 4, "dilation": 2},
+    {"name": "global_tokens", "tokens": [0], "window": 2},
+    {"or": [{"name": "sliding_window", "window": 2}, {"name": "attention_sinks", "sinks": 1, "window": 1}]},
+    {"and": ["document", {"name": "sliding_window", "window": 2}]},
+]
+
+
+def padding_free_batch(model, tmp_path):
+    """A batch exactly as TRL's SFTTrainer feeds it with packing=True (bfd, which turns padding-free on)."""
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=1, max_steps=1, report_to="none", use_cpu=True,
+                     save_strategy="no", max_length=48, packing=True, padding_free=True)
+    texts = ["the sky is blue today", "two and two make four", "water is wet", "fire is hot and bright"]
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"text": t} for t in texts]),
+                         processing_class=AutoTokenizer.from_pretrained(default_checkpoint()))
+    batch = next(iter(trainer.get_train_dataloader()))
+    return trainer, batch
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("spec", PADDING_FREE_SPECS, ids=lambda s: json.dumps(s)[:60])
+@torch.no_grad()
+def test_trl_padding_free_packing_keeps_each_document_alone(stock_dir, tmp_path, spec, backend):
+    """TRL 1.16's default packing (bfd + padding-free): position_ids restart per document, no attention_mask.
+    Every strategy sees each document as if it stood alone, as stock's builders do (a windowed strategy leaked
+    across documents: logits off by 3.8)."""
+    model = CustomQwen3ForCausalLM.from_pretrained(stock_dir, attn_implementation=backend)
+    model.set_mask_strategy(spec)
+    model.config.attention_dropout = 0.0
+    _, batch = padding_free_batch(model, tmp_path)
+    assert "attention_mask" not in batch and "position_ids" in batch
+    positions = batch["position_ids"][0]
+    starts = (positions == 0).nonzero().view(-1).tolist() + [positions.numel()]
+    assert len(starts) > 2, "TRL packed at least two documents into the row"
+    model.eval()
+    packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    for start, end in zip(starts, starts[1:]):
+        alone = model(input_ids=batch["input_ids"][:, start:end], use_cache=False).logits
+        torch.testing.assert_close(packed[:, start:end], alone, atol=2e-4, rtol=2e-4)
+
+
+def test_trl_padding_free_packing_refuses_a_per_row_input(stock_dir, tmp_path):
+    model = CustomQwen3ForCausalLM.from_pretrained(stock_dir, mask_strategy="prefix_lm")
+    _, batch = padding_free_batch(model, tmp_path)
+    with pytest.raises(ValueError, match="position_ids restart inside a row .* 'prefix_lm' takes \\['prefix_lengths'\\]"):
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], prefix_lengths=torch.tensor([3]), use_cache=False)
+
+
+def test_trl_padding_free_sft_trains_on_the_isolated_documents(stock_dir, tmp_path):
+    """The SFT loss TRL computes on a padding-free packed batch is the mean over each document trained alone."""
+    model = CustomQwen3ForCausalLM.from_pretrained(stock_dir, mask_strategy={"name": "sliding_window", "window": 3})
+    model.config.attention_dropout = 0.0
+    trainer, batch = padding_free_batch(model, tmp_path)
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    positions = batch["position_ids"][0]
+    starts = (positions == 0).nonzero().view(-1).tolist() + [positions.numel()]
+    total, count = 0.0, 0
+    for start, end in zip(starts, starts[1:]):
+        ids = batch["input_ids"][:, start:end]
+        labels = batch["labels"][:, start:end]
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+        target = labels[:, 1:]
+        keep = target != -100
+        total = total + torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
+        count += int(keep.sum())
+    torch.testing.assert_close(loss, total / count, atol=1e-4, rtol=1e-4)
