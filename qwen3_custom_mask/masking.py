@@ -208,6 +208,37 @@ def refuse_packed(strategy) -> None:
     )
 
 
+POSITIONS_ON_CACHE = "qwen3_mask_positions"  # (B, tokens so far): the positions a document strategy has read
+
+
+def continue_documents(cache, strategy, context: dict, position_ids, q_offset: int, q_length: int, batch_size: int):
+    """Packed documents across a KV cache. A cached step's ``position_ids`` cover only its new tokens, so on
+    their own they cannot say where the cached documents end (a decode step at position 3 continues a document
+    that restarted at 0 in the prefill; read alone, the row looked like one document). The positions of every
+    token so far are kept on the cache, and the step's boundaries are read off them with the new ones appended:
+    a position that follows its predecessor continues that document, any other starts a new one. Returns the
+    step's position_ids (None: the strategy places them); ``context["position_ids"]`` gets the whole row's."""
+    earlier = getattr(cache, POSITIONS_ON_CACHE, None) if q_offset else None
+    if q_offset and (earlier is None or earlier.shape[-1] < q_offset or earlier.shape[0] != batch_size):
+        if context.get("document_ids") is not None:
+            return position_ids  # the caller says where the documents are; nothing to continue
+        raise ValueError(
+            f"The {strategy.name!r} strategy cannot tell which document this cached step continues: the cache holds "
+            f"{q_offset} tokens this model did not read (or read for another batch). Pass document_ids of shape "
+            f"(batch, past + new tokens), or fill the cache with this model."
+        )
+    if position_ids is None and earlier is not None and earlier.shape[-1]:
+        position_ids = earlier[:, q_offset - 1 : q_offset] + torch.arange(1, q_length + 1, device=earlier.device)
+    if position_ids is None:  # a prefill without positions: the strategy places them (then they are kept)
+        position_ids = strategy.position_ids(**context)[:, :q_length]
+    new = position_ids.view(-1, q_length).expand(batch_size, -1).to(context["padding_mask"].device)
+    every = new if earlier is None else torch.cat([earlier[:, :q_offset].to(new.device), new], dim=-1)
+    setattr(cache, POSITIONS_ON_CACHE, every)
+    if context.get("document_ids") is None:
+        context["position_ids"] = every
+    return position_ids
+
+
 def _layer_sizes(config, cache, q_length: int) -> dict[str, tuple[int, int]]:
     """``{layer_type: (kv_offset, kv_length)}``, each read off the first cache layer of that type."""
     sizes = {}
@@ -275,6 +306,8 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
                        training=body.training)
         if not _compiling():
             context["sequence_length"] = int(seen)
+        if "document_ids" in strategy.inputs and cache is not None and not _compiling():
+            position_ids = continue_documents(cache, strategy, context, position_ids, q_offset, q_length, batch_size)
         if position_ids is None and strategy.places_tokens:
             position_ids = strategy.position_ids(**context)[:, q_offset : q_offset + q_length]
         structure = backend == "flex_attention" or backend in FLASH_BACKENDS  # block indices, varlen documents

@@ -98,3 +98,43 @@ def test_bounded_cache_follows_beam_search(model_for):
     beams = dict(max_new_tokens=8, num_beams=3, **GREEDY)
     expected = model_for("sdpa", spec).generate(ids, attention_mask=mask, **beams)
     assert torch.equal(model_for("sdpa", spec).generate(ids, attention_mask=mask, past_key_values=BoundedCache(), **beams), expected)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex_attention"])
+@torch.no_grad()
+def test_document_cached_step_keeps_the_prefills_boundaries(model_for, backend):
+    """Prefill [doc A (4) | doc B (3)] with restarting position_ids, then one cached step at position 3: it continues
+    doc B and must not see doc A (read alone, the step's positions made the row one document: off by 0.27)."""
+    from transformers import DynamicCache
+
+    model = model_for(backend, "document")
+    ids = torch.randint(0, 250, (1, 8), generator=torch.Generator().manual_seed(0))
+    cache = DynamicCache(config=model.config)
+    model(ids[:, :7], position_ids=torch.tensor([[0, 1, 2, 3, 0, 1, 2]]), cache=cache, use_cache=True)
+    step = model(ids[:, 7:], position_ids=torch.tensor([[3]]), cache=cache, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(step, model(ids[:, 4:8]).logits[:, -1], atol=1e-4, rtol=1e-4)
+    # a position that does not follow starts a new document; no positions at all continue the last one
+    cache = DynamicCache(config=model.config)
+    model(ids[:, :7], position_ids=torch.tensor([[0, 1, 2, 3, 0, 1, 2]]), cache=cache, use_cache=True)
+    fresh = model(ids[:, 7:], position_ids=torch.tensor([[0]]), cache=cache, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(fresh, model(ids[:, 7:]).logits[:, -1], atol=1e-4, rtol=1e-4)
+    cache = DynamicCache(config=model.config)
+    model(ids[:, :7], position_ids=torch.tensor([[0, 1, 2, 3, 0, 1, 2]]), cache=cache, use_cache=True)
+    implicit = model(ids[:, 7:], cache=cache, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(implicit, step, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_document_cached_step_on_a_cache_it_did_not_fill_is_refused(model_for):
+    from transformers import DynamicCache
+
+    model = model_for("sdpa", "document")
+    ids = torch.randint(0, 250, (1, 8), generator=torch.Generator().manual_seed(0))
+    cache = DynamicCache(config=model.config)
+    model.set_mask_strategy("causal")
+    model(ids[:, :7], cache=cache, use_cache=True)
+    model.set_mask_strategy("document")
+    with pytest.raises(ValueError, match="cannot tell which document this cached step continues.*document_ids"):
+        model(ids[:, 7:], position_ids=torch.tensor([[3]]), cache=cache, use_cache=True)
+    ids_given = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
+    model(ids[:, 7:], position_ids=torch.tensor([[3]]), cache=cache, use_cache=True, document_ids=ids_given)  # the fix
