@@ -24,6 +24,7 @@ not listed. "probed" = `internals` checks it when a model is built and names it 
 | decoder layers forward ``**kwargs`` to the attention function     | masking         | per-layer masks/kwargs (pre-hook)       | probed     |
 | ``GenerationMixin._prepare_position_ids_for_generation``          | generation      | documents: the prompt's own positions   | probed     |
 | ``GenerationMixin._validate_model_kwargs``                        | generation      | registered strategies' per-call inputs  | probed     |
+| ``GenerationMixin._get_candidate_generator(model_kwargs=)``       | generation      | a draft model gets no mask inputs       | probed     |
 | ``prepare_inputs_for_generation(next_sequence_length,             | generation      | the tokens a step adds (cache check)    | probed     |
 | is_first_iteration)`` keyword names                               |                 |                                         |            |
 | ``Cache.get_mask_sizes(query_length, layer_idx)`` -> (len, offset)| masking         | masks sized per layer type              | probed     |
@@ -150,7 +151,7 @@ def internals() -> dict:
     sizes = _parameters(Cache.get_mask_sizes)
     if list(sizes)[1:3] != ["query_length", "layer_idx"]:
         missing.append(f"Cache.get_mask_sizes(query_length, layer_idx) (found {list(sizes)[1:]})")
-    for hook in ("_prepare_position_ids_for_generation", "_validate_model_kwargs", "create_masks_for_generate"):
+    for hook in ("_prepare_position_ids_for_generation", "_validate_model_kwargs", "_get_candidate_generator", "create_masks_for_generate"):
         if not hasattr(GenerationMixin, hook) and not hasattr(masking_utils, hook):
             missing.append(f"GenerationMixin.{hook}")
     step = _parameters(GenerationMixin.prepare_inputs_for_generation)

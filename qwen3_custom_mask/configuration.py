@@ -49,11 +49,22 @@ class CustomQwen3Config(Qwen3Config):
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
         if config_dict.get("model_type") == Qwen3Config.model_type:
             config_dict = strategy_fields({**config_dict, "model_type": cls.model_type})
-        version = config_dict.get("mask_spec_version", MASK_SPEC_VERSION)
-        if not isinstance(version, int) or version > MASK_SPEC_VERSION:
-            raise ValueError(
-                f"This checkpoint's mask_strategy was written by a newer qwen3-custom-mask (mask_spec_version "
-                f"{version!r}; this version reads up to {MASK_SPEC_VERSION}). Upgrade: pip install -U qwen3-custom-mask. "
-                f"Its weights still load in transformers' stock Qwen3ForCausalLM."
-            )
+        check_spec_version(config_dict)
         return config_dict, kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        # AutoConfig / AutoModel*.from_pretrained read the file through the base class's get_config_dict, so the
+        # version is checked here too: every load path (TRL, lm-eval, PEFT, sentence-transformers) refuses alike.
+        check_spec_version(config_dict)
+        return super().from_dict(config_dict, **kwargs)
+
+
+def check_spec_version(config_dict: dict[str, Any]) -> None:
+    version = config_dict.get("mask_spec_version", MASK_SPEC_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version > MASK_SPEC_VERSION:
+        raise ValueError(
+            f"This checkpoint's mask_strategy was written by a newer qwen3-custom-mask (mask_spec_version "
+            f"{version!r}; this version reads up to {MASK_SPEC_VERSION}). Upgrade: pip install -U qwen3-custom-mask. "
+            f"Its weights still load in transformers' stock Qwen3ForCausalLM."
+        )

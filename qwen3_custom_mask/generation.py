@@ -127,6 +127,17 @@ class MaskedGenerationMixin:
         inputs = {name: model_kwargs[name] for name in strategy.inputs if model_kwargs.get(name) is not None}
         return strategy.position_ids(**inputs, padding_mask=padding.bool(), sequence_length=padding.shape[1], training=False)
 
+    def _get_candidate_generator(self, *args, **kwargs):
+        # Assisted decoding copies every model kwarg to the draft model. A draft that does not take the strategy's
+        # per-call inputs (a stock model, or a plugin model on another strategy) drafts without them: the target
+        # verifies every drafted token under its own mask, so the tokens are the same.
+        assistant, model_kwargs = kwargs.get("assistant_model"), kwargs.get("model_kwargs")
+        if assistant is not None and isinstance(model_kwargs, dict):
+            takes = set(getattr(getattr(assistant, "mask_strategy", None), "inputs", ()))
+            drop = (mask_input_names() | {"prompt_attention_mask"}) - takes
+            kwargs["model_kwargs"] = {k: v for k, v in model_kwargs.items() if k not in drop}
+        return super()._get_candidate_generator(*args, **kwargs)
+
     def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
         # Mask inputs travel through **kwargs, which generate()'s typo check does not see; forward() rejects
         # the ones the strategy does not use.

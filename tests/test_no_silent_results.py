@@ -138,3 +138,23 @@ def test_document_cached_step_on_a_cache_it_did_not_fill_is_refused(model_for):
         model(ids[:, 7:], position_ids=torch.tensor([[3]]), cache=cache, use_cache=True)
     ids_given = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
     model(ids[:, 7:], position_ids=torch.tensor([[3]]), cache=cache, use_cache=True, document_ids=ids_given)  # the fix
+
+
+@pytest.mark.parametrize("draft_strategy", [None, "causal", "prefix_lm"], ids=["stock-draft", "plugin-causal-draft", "plugin-prefix-draft"])
+@torch.no_grad()
+def test_prefix_lm_assisted_decoding_with_any_draft(checkpoint, draft_strategy):
+    """generate() fills prefix_lengths in (the prompt is the prefix); a draft that does not take it drafts without it
+    (it failed with "model_kwargs are not used by the model: ['prefix_lengths']", an argument nobody passed)."""
+    from transformers import Qwen3ForCausalLM
+
+    model = CustomQwen3ForCausalLM.from_pretrained(checkpoint).eval()
+    model.set_mask_strategy("prefix_lm")
+    if draft_strategy is None:
+        draft = Qwen3ForCausalLM.from_pretrained(checkpoint).eval()
+    else:
+        draft = CustomQwen3ForCausalLM.from_pretrained(checkpoint).eval()
+        draft.set_mask_strategy(draft_strategy)
+    ids = torch.randint(0, 250, (1, 8), generator=torch.Generator().manual_seed(0))
+    expected = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert not torch.equal(expected, Qwen3ForCausalLM.from_pretrained(checkpoint).eval().generate(ids, max_new_tokens=6, do_sample=False))
+    assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False, assistant_model=draft), expected)

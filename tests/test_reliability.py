@@ -111,6 +111,13 @@ def test_config_from_a_newer_version_is_refused_with_the_fix(checkpoint, tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="newer qwen3-custom-mask.*pip install -U qwen3-custom-mask"):
         CustomQwen3ForCausalLM.from_pretrained(tmp_path)
+    # every load path clients take refuses it the same way (they used to load it silently)
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    for load in (AutoConfig.from_pretrained, AutoModelForCausalLM.from_pretrained, AutoModel.from_pretrained,
+                 AutoModelForSequenceClassification.from_pretrained):
+        with pytest.raises(ValueError, match="newer qwen3-custom-mask.*pip install -U qwen3-custom-mask"):
+            load(tmp_path)
 
 
 @pytest.mark.parametrize("spec", ["causal", {"layers": {"0": "prefix_lm", "1": {"and": ["causal", {"name": "chunked", "chunk_size": 4}]}}}])
