@@ -74,6 +74,20 @@ def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
     return custom
 
 
+def is_paged(cache) -> bool:
+    """Whether ``cache`` is continuous batching's paged cache (its module moved between releases: no import)."""
+    return type(cache).__name__ == "PagedAttentionCache"
+
+
+def continuous_batching_error(strategy: Strategy) -> str:
+    return (
+        f"Continuous batching (generate_batch, init_continuous_batching, transformers serve --continuous-batching) "
+        f"serves the 'causal' strategy only: its engine builds its own causal/sliding masks, which would replace "
+        f"{strategy.name!r}. Use model.generate() (batched, any cacheable strategy), or export a stock checkpoint "
+        f"(qwen3-mask export) for a serving engine."
+    )
+
+
 def cpu_flex_static_shapes(config, device):
     """torch 2.13's CPU inductor miscompiles flex_attention when it recompiles with dynamic shapes (a C++
     error, README "Known limits"), which transformers' compiled flex_attention does from the second length on:
@@ -192,12 +206,25 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
         _refuse_collator_columns(kwargs)
         mask_inputs = self._pop_mask_inputs(kwargs)
         prompt_mask = kwargs.pop("prompt_attention_mask", None)
-        if isinstance(attention_mask, dict):
+        if is_paged(cache):
+            # Continuous batching (generate_batch, `transformers serve --continuous-batching`): the engine built its
+            # own causal/sliding masks in its packed layout. Stock's meaning for the default strategy; any other
+            # would be silently replaced, so it is refused (init_continuous_batching refuses it first).
+            if not self.mask_strategy_is_causal:
+                raise ValueError(continuous_batching_error(self.mask_strategy))
+        elif isinstance(attention_mask, dict):
             # Ready masks: stock uses them as they are. Ours (LayerMasks inside) already consumed the inputs.
-            if (mask_inputs or prompt_mask is not None) and not any(isinstance(m, LayerMasks) for m in attention_mask.values()):
+            ours = any(isinstance(m, LayerMasks) for m in attention_mask.values())
+            if (mask_inputs or prompt_mask is not None) and not ours:
                 raise ValueError(
                     f"A ready {{layer_type: mask}} attention_mask dict is used as it is, so {sorted(mask_inputs)} would "
                     f"be ignored; pass the strategy's inputs with a 2D (or no) attention_mask instead."
+                )
+            if not ours and not self.mask_strategy_is_causal:
+                raise ValueError(
+                    f"A ready {{layer_type: mask}} attention_mask dict that this model did not build would replace the "
+                    f"mask strategy {self.mask_strategy.name!r} on every layer. Pass a 4D mask (batch, 1 or heads, new "
+                    f"tokens, past + new tokens) to replace it for one call, or a 2D padding mask to keep it."
                 )
         else:
             if use_cache and cache is None:  # created here (not in Qwen3Model) to size the masks
@@ -354,6 +381,13 @@ class CustomQwen3ForCausalLM(MaskStrategyHeadMixin, MaskedGenerationMixin, Qwen3
         self.post_init()
 
     forward = with_mask_inputs(with_chunked_loss(Qwen3ForCausalLM.forward))
+
+    def init_continuous_batching(self, *args, **kwargs):
+        """Stock's continuous-batching manager for the default strategy; any other is refused here, in one line,
+        before a request is queued (the engine's own masks would replace it)."""
+        if not self.model.mask_strategy_is_causal:
+            raise ValueError(continuous_batching_error(self.mask_strategy))
+        return super().init_continuous_batching(*args, **kwargs)
 
 
 class CustomQwen3ForSequenceClassification(MaskStrategyHeadMixin, Qwen3ForSequenceClassification):
