@@ -15,7 +15,16 @@ left/right-padded batch, then one of four paths:
 * Trainer: one step with Trainer's default arguments (remove_unused_columns=True): loss and every gradient
   equal the reference's;
 * flex blocks: a structured strategy's BlockMask built from its intervals (lengths up to 400, padding, any
-  query window) against create_block_mask over the grid: never a block wrongly skipped or wrongly full.
+  query window) against create_block_mask over the grid: never a block wrongly skipped or wrongly full;
+* padding-free packing (TRL's bfd, DataCollatorWithFlattening: restarting position_ids, no mask, no cache):
+  each document against the reference on that document alone (a per-row input is refused; bidirectional
+  keeps stock's is_causal: false result over the whole row);
+* cached decoding after a packed prefill (document strategies): token by token, continuing the last document
+  or starting a new one, against the reference over the whole sequence;
+* Trainer options that change the loss (label smoothing, gradient accumulation's num_items_in_batch,
+  average_tokens_across_devices): the loss of the reference's logits through Trainer's own formula;
+* continuous batching (generate_batch under a small engine): the default strategy's tokens equal generate()
+  per request; any other strategy is refused.
 
 The default profile is bounded and derandomized for CI; QWEN3_MASK_FUZZ=long runs 1000 cases over eager,
 sdpa and flex_attention (QWEN3_MASK_FUZZ_CASES overrides the count):
@@ -40,7 +49,8 @@ from strategies import expected_logits
 LONG = os.environ.get("QWEN3_MASK_FUZZ") == "long"
 TOTAL = int(os.environ.get("QWEN3_MASK_FUZZ_CASES", 1000 if LONG else 60))
 # Share of the cases per path (forward is cheapest and has the most dimensions).
-SHARES = {"forward": 0.4, "generate": 0.3, "verify": 0.1, "trainer": 0.1, "blocks": 0.1}
+SHARES = {"forward": 0.4, "generate": 0.3, "verify": 0.1, "trainer": 0.1, "blocks": 0.1,
+          "packed": 0.1, "packed_decode": 0.05, "trainer_options": 0.05, "continuous_batching": 0.03}
 CASES = {path: max(1, round(TOTAL * share)) for path, share in SHARES.items()}
 BACKENDS = ["eager", "sdpa", "flex_attention"] if LONG else ["eager", "sdpa"]
 COUNTER = {"cases": 0, "start": time.perf_counter()}
@@ -392,3 +402,146 @@ def teardown_module(module):
     minutes = (time.perf_counter() - COUNTER["start"]) / 60
     print(f"\nfuzz profile {'long' if LONG else 'bounded'}: {COUNTER['cases']} cases compared with the reference "
           f"({CASES}), {minutes:.1f} min, backends {BACKENDS}")
+
+
+# ------------------------------------------------------------------------------------- padding-free packing
+def packed_row(lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 250, (1, sum(lengths)), generator=g)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    documents = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    return ids, positions, documents
+
+
+@settings(max_examples=CASES["packed"], **PROFILE)
+@given(spec=SPECS, lengths=st.lists(st.integers(1, 5), min_size=1, max_size=4), backend=st.sampled_from(BACKENDS),
+       config=st.sampled_from(["plain", "sliding-layers"]), seed=st.integers(0, 2**16))
+@torch.no_grad()
+def test_padding_free_packed_rows_match_each_document_alone(model_for, spec, lengths, backend, config, seed):
+    strategy = resolve_strategy(spec)
+    ids, positions, documents = packed_row(lengths, seed)
+    ones = torch.ones_like(ids)
+    model = model_for(backend, strategy, config)
+    extra = {"prefix_lengths": torch.tensor([1])} if "prefix_lengths" in strategy.inputs else {}
+    call = dict(input_ids=ids, position_ids=positions, use_cache=False, **extra)
+    if set(strategy.inputs) - {"document_ids"} and len(lengths) > 1 and not strategy.places_tokens:  # per-row input: refused
+        with pytest.raises(ValueError, match="position_ids restart inside a row"):
+            model(**call)
+        counted()
+        return
+    inputs = {**extra, **({"document_ids": documents} if "document_ids" in strategy.inputs else {})}
+    whole_row = strategy.places_tokens or strategy.flash_form() == {"is_causal": False} or len(lengths) == 1
+    if whole_row:  # documents read their restarts themselves; bidirectional keeps stock's whole-row result
+        assume(not has_empty_real_rows(strategy, ones, inputs))
+        ref = expected_logits(model, ids, ones, positions, inputs)
+        torch.testing.assert_close(model(**call).logits, ref, atol=1e-4, rtol=1e-4)
+    else:
+        got, start = model(**call).logits, 0
+        for n in lengths:
+            alone = ids[:, start : start + n]
+            assume(not has_empty_real_rows(strategy, torch.ones_like(alone), {}))
+            ref = expected_logits(model, alone, torch.ones_like(alone), torch.arange(n)[None], {})
+            torch.testing.assert_close(got[:, start : start + n], ref, atol=1e-4, rtol=1e-4)
+            start += n
+    counted()
+
+
+DOCUMENT_SPECS = st.one_of(
+    st.just("document"),
+    st.builds(lambda w: {"and": ["document", {"name": "sliding_window", "window": w}]}, small),
+    st.builds(lambda s, w: {"and": ["document", {"name": "attention_sinks", "sinks": s, "window": w}]}, st.integers(0, 2), small),
+)
+
+
+@settings(max_examples=CASES["packed_decode"], **PROFILE)
+@given(spec=DOCUMENT_SPECS, lengths=st.lists(st.integers(1, 5), min_size=2, max_size=4), backend=st.sampled_from(BACKENDS),
+       split=st.integers(1, 19), cache_kind=st.sampled_from(["dynamic", "static"]), seed=st.integers(0, 2**16))
+@torch.no_grad()
+def test_cached_decoding_after_a_packed_prefill_keeps_the_documents(model_for, spec, lengths, backend, split, cache_kind, seed):
+    """Prefill part of a packed row with restarting positions, then one token at a time with its own position
+    (continuing a document, or 0: a new one); every step against the reference over the whole row."""
+    strategy = resolve_strategy(spec)
+    ids, positions, documents = packed_row(lengths, seed)
+    length = ids.shape[1]
+    split = min(split, length - 1)
+    model = model_for(backend, strategy)
+    cache = DynamicCache(config=model.config) if cache_kind == "dynamic" else StaticCache(config=model.config, max_cache_len=24)
+    pieces = [model(ids[:, :split], position_ids=positions[:, :split], cache=cache, use_cache=True).logits]
+    for t in range(split, length):
+        pieces.append(model(ids[:, t : t + 1], position_ids=positions[:, t : t + 1], cache=cache, use_cache=True).logits)
+    ref = expected_logits(model, ids, torch.ones_like(ids), positions, {"document_ids": documents})
+    torch.testing.assert_close(torch.cat(pieces, 1), ref, atol=1e-4, rtol=1e-4)
+    counted()
+
+
+# ------------------------------------------------------------------------------------ Trainer loss options
+@settings(max_examples=CASES["trainer_options"], **PROFILE)
+@given(spec=SPECS, data=batches(max_batch=2, sides=("right",)),
+       option=st.sampled_from(["label_smoothing", "gradient_accumulation", "average_tokens"]))
+def test_trainer_loss_options_match_the_reference(model_for, tmp_path_factory, spec, data, option):
+    from datasets import Dataset
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    ids, mask, _, prefix, docs = data
+    strategy = resolve_strategy(spec)
+    inputs = inputs_for(strategy, prefix, docs)
+    assume(not has_empty_real_rows(strategy, mask, inputs))
+    model = model_for("sdpa", strategy)
+    labels = torch.where(mask.bool(), ids, -100)
+    assume(bool((labels[:, 1:] != -100).any()))
+    columns = {"input_ids": ids, "attention_mask": mask, "labels": labels, **inputs}
+    if not strategy.places_tokens:
+        columns["position_ids"] = positions_of(strategy, mask, inputs)
+    settings_for = {"label_smoothing": dict(label_smoothing_factor=0.1), "gradient_accumulation": dict(gradient_accumulation_steps=2),
+                    "average_tokens": dict(average_tokens_across_devices=True)}[option]
+    args = TrainingArguments(output_dir=str(tmp_path_factory.mktemp("options")), per_device_train_batch_size=ids.shape[0],
+                             max_steps=1, report_to="none", use_cpu=True, **settings_for)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({k: v.tolist() for k, v in columns.items()}),
+                      data_collator=default_data_collator)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.train()
+    try:
+        with torch.no_grad():
+            ref_logits = expected_logits(model, ids, mask, positions_of(strategy, mask, inputs), inputs)
+            counted_tokens = int((labels[:, 1:] != -100).sum())
+            if option == "label_smoothing":
+                loss = trainer.compute_loss(model, batch)
+                expected = LabelSmoother(epsilon=0.1)({"logits": ref_logits}, labels, shift_labels=True)
+            else:  # num_items_in_batch as Trainer counts it over the accumulated batches (twice this one)
+                items = torch.tensor(2 * counted_tokens if option == "gradient_accumulation" else counted_tokens)
+                loss = trainer.compute_loss(model, batch, num_items_in_batch=items)
+                expected = model.loss_function(logits=ref_logits, labels=labels, vocab_size=model.config.vocab_size, num_items_in_batch=items)
+        torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    finally:
+        model.eval()
+    counted()
+
+
+# ------------------------------------------------------------------------------------ continuous batching
+@settings(max_examples=CASES["continuous_batching"], **PROFILE)
+@given(spec=st.one_of(st.just("causal"), SPECS), lengths=st.lists(st.integers(1, 10), min_size=1, max_size=4), budget=st.sampled_from([4, 8, 16]),
+       seed=st.integers(0, 2**16))
+@torch.no_grad()
+def test_continuous_batching_serves_causal_and_refuses_the_rest(model_for, spec, lengths, budget, seed):
+    import inspect
+
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    strategy = resolve_strategy(spec)
+    model = model_for("sdpa", strategy)
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 250, (n,), generator=g).tolist() for n in lengths]
+    size = {"page_size": 16} if "page_size" in inspect.signature(ContinuousBatchingConfig).parameters else {"block_size": 16}
+    engine = ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=budget, **size)
+    config = GenerationConfig(max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0)
+    run = lambda: model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=engine, warmup=False)
+    if not model.model.mask_strategy_is_causal:
+        with pytest.raises(ValueError, match="serves the 'causal' strategy only"):
+            run()
+    else:
+        out = run()
+        got = [out[key].generated_tokens for key in sorted(out, key=lambda k: int(k.split("_")[-1]))]
+        for prompt, tokens in zip(prompts, got):
+            alone = model.generate(torch.tensor([prompt]), max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0)
+            assert alone[0, len(prompt):].tolist() == tokens
+    counted()
