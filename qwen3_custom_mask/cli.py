@@ -392,14 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     from .compat import mute_untested_notice, untested_notice
 
     mute_untested_notice()
-    if args.verbose and untested_notice():
-        print(f"qwen3-mask: note: {untested_notice()}", file=sys.stderr)
     if args.command in ("generate", "demo", "export"):  # flag mistakes answer before anything heavy is imported
         try:
             _check_flags(args)
         except (UserError, ValueError, TypeError, KeyError) as err:
             print(f"qwen3-mask: error: {_message(err)}", file=sys.stderr)
             return EXIT_USAGE
+    if args.verbose and untested_notice():  # after the flag check: a mistake stays one line, -v or not
+        print(f"qwen3-mask: note: {untested_notice()}", file=sys.stderr)
     # list and show answer without loading transformers; finetune and bench set their own logging after their checks
     if not args.verbose and args.command not in ("list", "show", "finetune", "bench"):
         from transformers.utils import logging as hf_logging

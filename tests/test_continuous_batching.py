@@ -50,7 +50,8 @@ def test_causal_continuous_batching_equals_stock_and_generate(engine_checkpoint,
     assert tokens == run_batch(stock)
     assert all(len(t) == 5 for t in tokens)
     for prompt, got in zip(PROMPTS, tokens):
-        alone = custom.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
+        row = torch.tensor([prompt])  # an explicit mask: a token equal to the pad id is no padding here
+        alone = custom.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
         assert alone[0, len(prompt):].tolist() == got
 
 

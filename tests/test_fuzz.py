@@ -542,6 +542,7 @@ def test_continuous_batching_serves_causal_and_refuses_the_rest(model_for, spec,
         out = run()
         got = [out[key].generated_tokens for key in sorted(out, key=lambda k: int(k.split("_")[-1]))]
         for prompt, tokens in zip(prompts, got):
-            alone = model.generate(torch.tensor([prompt]), max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0)
+            row = torch.tensor([prompt])  # an explicit mask: a token equal to the pad id is no padding here
+            alone = model.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0)
             assert alone[0, len(prompt):].tolist() == tokens
     counted()
