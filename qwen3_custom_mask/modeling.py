@@ -38,7 +38,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen3.modeling_qwen3 import Qwen3PreTrainedModel
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from . import masks  # noqa: F401  (registers the built-in strategies)
+from . import masks, paged  # noqa: F401  (masks registers the built-in strategies)
 from .compat import check_internals, check_model_internals, forward_cache_kwarg, pop_cache, warn_if_untested
 from .configuration import CustomQwen3Config, strategy_fields
 from .generation import MaskedGenerationMixin
@@ -77,15 +77,6 @@ def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
 def is_paged(cache) -> bool:
     """Whether ``cache`` is continuous batching's paged cache (its module moved between releases: no import)."""
     return type(cache).__name__ == "PagedAttentionCache"
-
-
-def continuous_batching_error(strategy: Strategy) -> str:
-    return (
-        f"Continuous batching (generate_batch, init_continuous_batching, transformers serve --continuous-batching) "
-        f"serves the 'causal' strategy only: its engine builds its own causal/sliding masks, which would replace "
-        f"{strategy.name!r}. Use model.generate() (batched, any cacheable strategy), or export a stock checkpoint "
-        f"(qwen3-mask export) for a serving engine."
-    )
 
 
 def cpu_flex_static_shapes(config, device):
@@ -208,10 +199,13 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
         prompt_mask = kwargs.pop("prompt_attention_mask", None)
         if is_paged(cache):
             # Continuous batching (generate_batch, `transformers serve --continuous-batching`): the engine built its
-            # own causal/sliding masks in its packed layout. Stock's meaning for the default strategy; any other
-            # would be silently replaced, so it is refused (init_continuous_batching refuses it first).
+            # own causal/sliding masks in its packed layout. The default strategy takes them as stock does; any other
+            # gets its own masks in that layout (paged.py), or is refused, never served with the engine's.
             if not self.mask_strategy_is_causal:
-                raise ValueError(continuous_batching_error(self.mask_strategy))
+                why = paged.refusal(self)
+                if why:
+                    raise ValueError(why)
+                attention_mask = paged.paged_masks(self, attention_mask, position_ids, kwargs)
         elif isinstance(attention_mask, dict):
             # Ready masks: stock uses them as they are. Ours (LayerMasks inside) already consumed the inputs.
             ours = any(isinstance(m, LayerMasks) for m in attention_mask.values())
@@ -383,10 +377,11 @@ class CustomQwen3ForCausalLM(MaskStrategyHeadMixin, MaskedGenerationMixin, Qwen3
     forward = with_mask_inputs(with_chunked_loss(Qwen3ForCausalLM.forward))
 
     def init_continuous_batching(self, *args, **kwargs):
-        """Stock's continuous-batching manager for the default strategy; any other is refused here, in one line,
-        before a request is queued (the engine's own masks would replace it)."""
-        if not self.model.mask_strategy_is_causal:
-            raise ValueError(continuous_batching_error(self.mask_strategy))
+        """Stock's continuous-batching manager, serving the strategy (paged.py). A strategy the paged cache cannot
+        honour is refused here, in one line, before a request is queued."""
+        why = paged.refusal(self.model)
+        if why:
+            raise ValueError(why)
         return super().init_continuous_batching(*args, **kwargs)
 
 

@@ -1,7 +1,8 @@
 """transformers' continuous batching (generate_batch, init_continuous_batching: the engine behind `transformers serve
---continuous-batching`). The engine builds its own causal/sliding masks in a packed layout, so the plugin serves the
-default strategy through it exactly as stock does, and refuses every other strategy in one line, never silently
-serving stock's masks."""
+--continuous-batching`). The default strategy runs through it exactly as stock does; every cacheable strategy gets
+its own masks in the engine's packed layout and gives each request the tokens generate() gives it alone, under a
+small engine (prefills split across forwards, few pages, requests arriving while others decode); a strategy the
+paged cache cannot honour is refused in one line, never served with the engine's causal masks."""
 
 import inspect
 
@@ -19,18 +20,18 @@ SLIDING = dict(layer_types=["sliding_attention", "full_attention"], use_sliding_
 PROMPTS = [[5, 17, 33, 2, 9], [61, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 40], [3, 4], [100, 101, 102, 103, 104, 105]]
 
 
-def small_engine():
+def small_engine(budget=8):
     """Few cache pages and a token budget that splits prefills: the scheduler's real conditions, and fast on CPU."""
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     fields = inspect.signature(ContinuousBatchingConfig).parameters
     size = {"page_size": 16} if "page_size" in fields else {"block_size": 16}
-    return ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=8, **size)
+    return ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=budget, **size)
 
 
-def run_batch(model, max_new_tokens=5):
+def run_batch(model, max_new_tokens=5, budget=8):
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
-    out = model.generate_batch(inputs=PROMPTS, generation_config=config, continuous_batching_config=small_engine(), warmup=False)
+    out = model.generate_batch(inputs=PROMPTS, generation_config=config, continuous_batching_config=small_engine(budget), warmup=False)
     return [out[key].generated_tokens for key in sorted(out, key=lambda k: int(k.split("_")[-1]))]
 
 
@@ -49,22 +50,85 @@ def test_causal_continuous_batching_equals_stock_and_generate(engine_checkpoint,
     tokens = run_batch(custom)
     assert tokens == run_batch(stock)
     assert all(len(t) == 5 for t in tokens)
-    for prompt, got in zip(PROMPTS, tokens):
-        row = torch.tensor([prompt])  # an explicit mask: a token equal to the pad id is no padding here
-        alone = custom.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
-        assert alone[0, len(prompt):].tolist() == got
+    assert tokens == [alone(custom, prompt) for prompt in PROMPTS]
 
 
-@pytest.mark.parametrize("spec", [{"name": "sliding_window", "window": 2}, "prefix_lm", "bidirectional",
-                                  {"name": "attention_sinks", "sinks": 1, "window": 2}])
-def test_other_strategies_are_refused_when_the_manager_starts(engine_checkpoint, spec):
-    """On a config with sliding layers the engine hands the body its own {layer_type: mask} dict: stock's masks were
-    served under the strategy's name, silently. Now one line names the strategy and the fix."""
+CACHEABLE = [
+    {"name": "sliding_window", "window": 2},
+    {"name": "sliding_window", "window": [1, 2, 3, 4]},
+    {"name": "attention_sinks", "sinks": 1, "window": 2},
+    {"name": "chunked", "chunk_size": 3},
+    {"name": "dilated_sliding_window", "window": 4, "dilation": 2},
+    {"name": "global_tokens", "tokens": [1], "window": 2},
+    "document",
+    {"and": ["prefix_lm", {"name": "sliding_window", "window": 3}]},  # causal inside the window: nothing looks ahead
+    {"or": [{"name": "sliding_window", "window": 2}, {"name": "chunked", "chunk_size": 4}]},
+    {"layers": {"0": "causal", "1": {"name": "attention_sinks", "sinks": 1, "window": 2}}},
+]
+
+
+def alone(model, prompt, max_new_tokens=5):
+    row = torch.tensor([prompt])  # an explicit mask: a token equal to the pad id is no padding here
+    out = model.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("spec", CACHEABLE, ids=lambda s: str(s)[:50])
+@torch.no_grad()
+def test_every_cacheable_strategy_gives_each_request_its_generate_tokens(engine_checkpoint, backend, spec):
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation=backend).eval()
+    model.set_mask_strategy(spec)
+    tokens = run_batch(model, budget=8)
+    assert tokens == [alone(model, prompt) for prompt in PROMPTS]
+    if spec != "document":  # a prompt is one document: causal's tokens, by definition
+        model.set_mask_strategy("causal")
+        assert tokens != run_batch(model, budget=8), "the strategy changed the tokens (the test can fail)"
+
+
+def test_a_strategy_that_reads_the_prompt_as_a_whole_is_refused_at_start(engine_checkpoint):
+    """prefix_lm: the first 16 tokens of two prompts have different keys and values when the prompts differ in
+    length, and a prompt split across forwards would be read in pieces. The engine does both by default."""
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
+    model.set_mask_strategy("prefix_lm")
+    for start in (lambda: run_batch(model, budget=64), lambda: model.init_continuous_batching()):
+        with pytest.raises(ValueError, match="'prefix_lm' reads each prompt as a whole.*model.generate\\(\\)") as err:
+            start()
+        assert "\n" not in str(err.value)
+
+
+@torch.no_grad()
+def test_requests_arriving_while_others_decode(engine_checkpoint):
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
+    model.set_mask_strategy({"name": "attention_sinks", "sinks": 1, "window": 2})
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=small_engine())
+    manager.start()
+    try:
+        first = manager.add_request(PROMPTS[2], max_new_tokens=6, streaming=True)
+        next(iter(manager.request_id_iter(first)))  # the first request has started decoding
+        later = [manager.add_request(prompt, max_new_tokens=6) for prompt in PROMPTS[:2]]
+        results = {}
+        while len(results) < 3:
+            result = manager.get_result(timeout=30)
+            assert result is not None, "the engine stopped"
+            if result.is_finished():
+                results[result.request_id] = result.generated_tokens
+    finally:
+        manager.stop(block=True, timeout=30)
+    assert results[first] == alone(model, PROMPTS[2], 6)
+    for request_id, prompt in zip(later, PROMPTS[:2]):
+        assert results[request_id] == alone(model, prompt, 6)
+
+
+@pytest.mark.parametrize("spec", ["bidirectional", {"name": "global_tokens", "tokens": [1], "window": 2, "causal": False}])
+def test_a_strategy_the_paged_cache_cannot_honour_is_refused_at_start(engine_checkpoint, spec):
     model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
     model.set_mask_strategy(spec)
     name = spec if isinstance(spec, str) else spec["name"]
     for start in (lambda: run_batch(model), lambda: model.init_continuous_batching()):
-        with pytest.raises(ValueError, match=f"serves the 'causal' strategy only.*{name!r}.*model.generate\\(\\)") as err:
+        with pytest.raises(ValueError, match=f"{name!r} lets a token see tokens generated after it.*export.*use_cache=False") as err:
             start()
         assert "\n" not in str(err.value)
 

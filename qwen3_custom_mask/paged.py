@@ -1,0 +1,188 @@
+"""Continuous batching: the strategy in the engine's packed layout (generate_batch, init_continuous_batching,
+``transformers serve --continuous-batching``).
+
+The engine (transformers' ``generation/continuous_batching``) runs many requests in one forward: the queries of
+every request in one row, each request's keys read from its cache pages and concatenated in the same order.
+It hands the body its own causal/sliding masks over that layout. For any other strategy the body rebuilds them
+here, once per forward and layer type, through the same lowering as every other path (`dense_mask`, then the
+additive form the engine uses)::
+
+    queries   | r0: p0 p1 p2 | r1: p7 |          keys | r0: 0 1 2 | r1: 0 .. 7 |
+    mask[t, k] = request(t) == request(k)  and  mask_mod(request, head, position(t), position(k))
+
+A request's queries sit at their absolute positions (``position_ids``); its keys are the last ``seqlen_k``
+positions before its last query (``cu_seq_lens_k``: all of them on full-attention layers, the window on the
+config's sliding layers). Per-request inputs come from the request itself: ``document`` sees the prompt as one
+document.
+
+`refusal` decides at manager start which strategies the engine can serve, and refuses the others in one line,
+never serving them with another mask: a strategy under which a cached token would see a later one
+(bidirectional), and one under which a prompt token sees later prompt tokens (prefix_lm): the engine splits
+prompts across forwards to fill its token budget, and shares cache pages between prompts with a common
+beginning, and either would change such a prompt's keys and values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .lowering import FLASH_BACKENDS, dense_mask, eager_float_mask
+from .masking import LayerMasks, sliding_layer_overlay
+
+PROBE_PROMPT, PROBE_LENGTH = 6, 14  # a prompt and its continuation, enough for every built-in's structure
+
+
+def _probe(groups, num_heads: int) -> tuple[bool, bool]:
+    """(a cached token would see a later generated one, a prompt token sees a later prompt token)."""
+    padding = torch.ones(1, PROBE_LENGTH, dtype=torch.bool)
+    context = dict(padding_mask=padding, num_heads=num_heads, training=False, sequence_length=PROBE_LENGTH,
+                   prefix_lengths=torch.tensor([PROBE_PROMPT]))  # prefix_lm's prefix: the prompt
+    rows = torch.arange(PROBE_LENGTH).view(-1, 1)
+    later = torch.arange(PROBE_LENGTH).view(1, -1) > rows
+    generated = torch.arange(PROBE_LENGTH).view(1, -1) >= PROBE_PROMPT
+    looks_ahead = whole_prompt = False
+    for group, _ in groups:
+        mask_mod = group.mask_mod(**context)  # each factory takes what it names (prefix_lengths: the prompt)
+        seen = dense_mask(mask_mod, batch_size=1, num_heads=num_heads, q_offset=0, q_length=PROBE_LENGTH, kv_offset=0,
+                          kv_length=PROBE_LENGTH, padding_mask=padding, device="cpu")
+        looks_ahead |= bool((seen & later & generated).any())
+        whole_prompt |= bool((seen & later & ~generated).any())
+    return looks_ahead, whole_prompt
+
+
+def refusal(body) -> str | None:
+    """Why continuous batching cannot serve this body's strategy (one line), or None."""
+    strategy, backend = body.mask_strategy, body.config._attn_implementation
+    if body.mask_strategy_is_causal:
+        return None
+    if not strategy.generates:
+        return f"The mask strategy {strategy.name!r} describes one forward, not generation: continuous batching cannot serve it."
+    if backend in FLASH_BACKENDS or backend == "flex_attention":
+        return (f"Continuous batching with {backend} serves the 'causal' strategy only (the engine gives it no mask); "
+                f"load the model with attn_implementation='sdpa' or 'eager' to serve {strategy.name!r}.")
+    looks_ahead, whole_prompt = _probe(body.mask_groups, body.config.num_attention_heads)
+    if looks_ahead:
+        return (f"The mask strategy {strategy.name!r} lets a token see tokens generated after it, which a paged KV cache "
+                f"cannot honour: continuous batching cannot serve it. For embeddings, export it (qwen3-mask export) to an "
+                f"embedding runtime; for generation, use model.generate(..., use_cache=False).")
+    if whole_prompt:
+        return (f"The mask strategy {strategy.name!r} reads each prompt as a whole, but continuous batching splits prompts "
+                f"across forwards and shares cache pages between prompts, which would change their keys and values: "
+                f"use model.generate() (batched, with padding) for {strategy.name!r}.")
+    return None
+
+
+def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) -> dict:
+    """``{layer_type: LayerMasks}`` for one engine forward, in the engine's layout and additive dtype."""
+    config = body.config
+    layer_types = list(dict.fromkeys(config.layer_types))
+    if not isinstance(engine_masks, dict):  # one layer type: the engine hands a single tensor
+        engine_masks = {layer_types[0]: engine_masks}
+    cu_k = kwargs["cu_seq_lens_k"]
+    if not isinstance(cu_k, dict):
+        cu_k = {layer_types[0]: cu_k}
+    cu_q = kwargs["cu_seq_lens_q"].long()
+    device = position_ids.device
+    positions = position_ids.view(-1).long()
+    q_lengths = cu_q.diff()
+    requests = int((q_lengths > 0).sum())  # padding sequences (static shapes) come last, with no tokens
+    q_lengths, starts = q_lengths[:requests], cu_q[:requests]
+    q_total = int(cu_q[requests])
+    q_request = torch.full((positions.numel(),), -1, dtype=torch.long, device=device)
+    q_request[:q_total] = torch.repeat_interleave(torch.arange(requests, device=device), q_lengths)
+    ends = positions[starts + q_lengths - 1] + 1
+    context = dict(padding_mask=padding, num_heads=num_heads, training=False, sequence_length=PROBE_LENGTH,
+                   prefix_lengths=torch.tensor([PROBE_PROMPT]))  # prefix_lm's prefix: the prompt
+    rows = torch.arange(PROBE_LENGTH).view(-1, 1)
+    later = torch.arange(PROBE_LENGTH).view(1, -1) > rows
+    generated = torch.arange(PROBE_LENGTH).view(1, -1) >= PROBE_PROMPT
+    looks_ahead = whole_prompt = False
+    for group, _ in groups:
+        mask_mod = group.mask_mod(**context)  # each factory takes what it names (prefix_lengths: the prompt)
+        seen = dense_mask(mask_mod, batch_size=1, num_heads=num_heads, q_offset=0, q_length=PROBE_LENGTH, kv_offset=0,
+                          kv_length=PROBE_LENGTH, padding_mask=padding, device="cpu")
+        looks_ahead |= bool((seen & later & generated).any())
+        whole_prompt |= bool((seen & later & ~generated).any())
+    return looks_ahead, whole_prompt
+
+
+def refusal(body) -> str | None:
+    """Why continuous batching cannot serve this body's strategy (one line), or None."""
+    strategy, backend = body.mask_strategy, body.config._attn_implementation
+    if body.mask_strategy_is_causal:
+        return None
+    if not strategy.generates:
+        return f"The mask strategy {strategy.name!r} describes one forward, not generation: continuous batching cannot serve it."
+    if backend in FLASH_BACKENDS or backend == "flex_attention":
+        return (f"Continuous batching with {backend} serves the 'causal' strategy only (the engine gives it no mask); "
+                f"load the model with attn_implementation='sdpa' or 'eager' to serve {strategy.name!r}.")
+    looks_ahead, whole_prompt = _probe(body.mask_groups, body.config.num_attention_heads)
+    if looks_ahead:
+        return (f"The mask strategy {strategy.name!r} lets a token see tokens generated after it, which a paged KV cache "
+                f"cannot honour: continuous batching cannot serve it. For embeddings, export it (qwen3-mask export) to an "
+                f"embedding runtime; for generation, use model.generate(..., use_cache=False).")
+    if whole_prompt:
+        return (f"The mask strategy {strategy.name!r} reads each prompt as a whole, but continuous batching splits prompts "
+                f"across forwards and shares cache pages between prompts, which would change their keys and values: "
+                f"use model.generate() (batched, with padding) for {strategy.name!r}.")
+    return None
+
+
+def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) -> dict:
+    """``{layer_type: LayerMasks}`` for one engine forward, in the engine's layout and additive dtype."""
+    config = body.config
+    layer_types = list(dict.fromkeys(config.layer_types))
+    if not isinstance(engine_masks, dict):  # one layer type: the engine hands a single tensor
+        engine_masks = {layer_types[0]: engine_masks}
+    cu_k = kwargs["cu_seq_lens_k"]
+    if not isinstance(cu_k, dict):
+        cu_k = {layer_types[0]: cu_k}
+    cu_q = kwargs["cu_seq_lens_q"].long()
+    device = position_ids.device
+    positions = position_ids.view(-1).long()
+    q_lengths = cu_q.diff()
+    requests = int((q_lengths > 0).sum())  # padding sequences (static shapes) come last, with no tokens
+    q_lengths, starts = q_lengths[:requests], cu_q[:requests]
+    q_total = int(cu_q[requests])
+    q_request = torch.full((positions.numel(),), -1, dtype=torch.long, device=device)
+    q_request[:q_total] = torch.repeat_interleave(torch.arange(requests, device=device), q_lengths)
+    ends = positions[starts + q_lengths - 1] + 1
+    # prefix_lm (inside a composition that never looks ahead, else refused): the prompt read in this forward
+    prefix = torch.where(positions[starts] == 0, q_lengths, torch.zeros_like(q_lengths))
+    context = dict(padding_mask=torch.ones(requests, int(ends.max()) if requests else 1, dtype=torch.bool, device=device),
+                   num_heads=config.num_attention_heads, training=False, prefix_lengths=prefix)
+    masks = LayerMasks()
+    for layer_type in layer_types:
+        template = engine_masks[layer_type]
+        kv_length = template.shape[-1]
+        k_lengths = cu_k[layer_type].long().diff()[:requests]
+        k_total = int(k_lengths.sum())
+        k_request = torch.full((kv_length,), -1, dtype=torch.long, device=device)
+        k_request[:k_total] = torch.repeat_interleave(torch.arange(requests, device=device), k_lengths)
+        index = torch.arange(kv_length, device=device)
+        owner = k_request.clamp(min=0)
+        k_first = torch.cat([k_lengths.new_zeros(1), k_lengths.cumsum(0)])[owner]
+        k_positions = ends[owner] - k_lengths[owner] + (index - k_first)
+        for group, layers in body.mask_groups:
+            typed = [idx for idx in layers if config.layer_types[idx] == layer_type]
+            if not typed:
+                continue
+            mask_mod = group.mask_mod(**context)
+            if layer_type == "sliding_attention":
+                overlay = sliding_layer_overlay(group.flash_form(), config.sliding_window)
+            else:
+                overlay = None
+
+            def packed(b, h, q, kv, mask_mod=mask_mod, overlay=overlay):
+                rq, rk = q_request[q], k_request[kv]
+                qp, kp = positions[q], k_positions[kv]
+                seen = (rq == rk) & (rq >= 0) & mask_mod(rq.clamp(min=0), h, qp, kp)
+                return seen & overlay(b, h, qp, kp) if overlay is not None else seen
+
+            dense = dense_mask(packed, batch_size=1, num_heads=config.num_attention_heads, q_offset=0,
+                               q_length=positions.numel(), kv_offset=0, kv_length=kv_length,
+                               padding_mask=torch.ones(1, kv_length, dtype=torch.bool, device=device), device=device)
+            lowered = eager_float_mask(dense, template.dtype)  # the engine's additive form (finfo.min: no NaN rows)
+            for idx in typed:
+                masks[idx] = (lowered, {})
+    return {layer_type: masks for layer_type in layer_types}
