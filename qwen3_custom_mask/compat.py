@@ -32,6 +32,8 @@ not listed. "probed" = `internals` checks it when a model is built and names it 
 | ``Qwen3Attention.sliding_window`` / ``.layer_type``               | modeling        | flash reads the window off the module   | probed     |
 | ``CausalLMOutputWithPast``'s cache field name                     | modeling        | the chunked loss's output               | read       |
 | ``DynamicLayer`` (``lazy_initialization``, ``keys``, ``values``)  | cache           | BoundedCache's layers                   | probed     |
+| continuous batching's packed layout (``cu_seq_lens_q/k``,          | paged           | a strategy's masks for the engine       | probed     |
+| ``position_ids``, ``PagedAttentionCache.update(..., kwargs)``)     |                 | (older layouts: causal only)            |            |
 | flash kwargs ``cu_seq_lens_q/k``, ``max_length_q/k``, ``is_causal``| masking         | packed documents under flash (varlen)   | GPU check  |
 | ``utils.generic.can_return_tuple``, ``merge_with_config_defaults``| modeling        | the heads' forward as stock decorates it| import     |
 | ``TrainingArguments`` checkpointing field (renamed in 5.2x)       | finetune        | the recipe's checkpointing switch       | read       |
@@ -182,6 +184,19 @@ def check_internals() -> None:
             + f". It is tested with transformers {TESTED[0]} to {TESTED[1]}: install one of those "
             f"(pip install 'transformers>={TESTED[0]},<={TESTED[1]}') or upgrade qwen3-custom-mask."
         )
+
+
+@functools.cache
+def paged_layout_known() -> bool:
+    """Whether continuous batching runs the layout paged.py builds masks for: the layers' own cache update reads the
+    engine's indices from their kwargs (``PagedAttentionCache.update(..., kwargs)``), the attention is the stock
+    one over each request's keys in ``cu_seq_lens_k`` order. Older engines (a separate ``cache=`` beside
+    ``past_key_values``, read/write indices as arguments) serve the 'causal' strategy only."""
+    try:
+        from transformers.generation.continuous_batching.cache import PagedAttentionCache
+    except ImportError:
+        return False
+    return "kwargs" in _parameters(PagedAttentionCache.update)
 
 
 def check_model_internals(model) -> None:

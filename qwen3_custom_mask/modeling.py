@@ -193,11 +193,16 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         # The head passes the cache under the installed transformers' name (`cache` from 5.24, `past_key_values`
         # before); reading only one of them built every cached mask from an empty cache.
+        # Before the rename, continuous batching hands its paged cache as `cache=` beside past_key_values=None: for
+        # the paged attention functions, not for the layers' own cache update. It travels on as it came.
+        engine_cache = None
+        if CACHE_KWARG != "cache" and is_paged(cache):
+            engine_cache, cache = cache, None
         cache = pop_cache(kwargs, cache)
         _refuse_collator_columns(kwargs)
         mask_inputs = self._pop_mask_inputs(kwargs)
         prompt_mask = kwargs.pop("prompt_attention_mask", None)
-        if is_paged(cache):
+        if is_paged(cache) or engine_cache is not None:
             # Continuous batching (generate_batch, `transformers serve --continuous-batching`): the engine built its
             # own causal/sliding masks in its packed layout. The default strategy takes them as stock does; any other
             # gets its own masks in that layout (paged.py), or is refused, never served with the engine's.
@@ -227,6 +232,8 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
                 input_ids, attention_mask, cache, position_ids, inputs_embeds, prompt_mask, **mask_inputs
             )
         kwargs[CACHE_KWARG] = cache
+        if engine_cache is not None:
+            kwargs["cache"] = engine_cache
         with cpu_flex_static_shapes(self.config, self.embed_tokens.weight.device):
             return super().forward(
                 input_ids=input_ids,

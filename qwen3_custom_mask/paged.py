@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from .compat import paged_layout_known
 from .lowering import FLASH_BACKENDS, dense_mask, eager_float_mask
 from .masking import LayerMasks, sliding_layer_overlay
 
@@ -57,6 +58,9 @@ def refusal(body) -> str | None:
         return None
     if not strategy.generates:
         return f"The mask strategy {strategy.name!r} describes one forward, not generation: continuous batching cannot serve it."
+    if not paged_layout_known():
+        return (f"This transformers' continuous-batching engine predates the packed layout the plugin builds masks for: "
+                f"it serves the 'causal' strategy only. Upgrade transformers, or use model.generate() for {strategy.name!r}.")
     if backend in FLASH_BACKENDS or backend == "flex_attention":
         return (f"Continuous batching with {backend} serves the 'causal' strategy only (the engine gives it no mask); "
                 f"load the model with attn_implementation='sdpa' or 'eager' to serve {strategy.name!r}.")
@@ -113,6 +117,9 @@ def refusal(body) -> str | None:
         return None
     if not strategy.generates:
         return f"The mask strategy {strategy.name!r} describes one forward, not generation: continuous batching cannot serve it."
+    if not paged_layout_known():
+        return (f"This transformers' continuous-batching engine predates the packed layout the plugin builds masks for: "
+                f"it serves the 'causal' strategy only. Upgrade transformers, or use model.generate() for {strategy.name!r}.")
     if backend in FLASH_BACKENDS or backend == "flex_attention":
         return (f"Continuous batching with {backend} serves the 'causal' strategy only (the engine gives it no mask); "
                 f"load the model with attn_implementation='sdpa' or 'eager' to serve {strategy.name!r}.")
