@@ -8,6 +8,7 @@
     qwen3-mask selfcheck                  # is the plugin right on the torch / transformers installed here?
     qwen3-mask bench                      # speed/memory against stock Qwen3ForCausalLM
     qwen3-mask finetune --recipe configs/packed_sft.yaml --data train.jsonl --model PATH
+    qwen3-mask serve PATH [--strategy SPEC] [--continuous-batching] [--port 8000]   # transformers serve, with the plugin
 
 User mistakes (unknown strategy, bad parameter, missing file) print one line on stderr and exit with 2.
 """
@@ -319,6 +320,37 @@ def cmd_bench(args, rest) -> None:
     bench_main(bench_args)
 
 
+def cmd_serve(args, rest) -> int:
+    """transformers' own OpenAI-compatible server, with the plugin registered in each model's process."""
+    from .serving import SERVE_EXTRA, missing_serving_packages
+
+    missing = missing_serving_packages()
+    if missing:
+        raise UserError(f"serving needs {', '.join(missing)} (transformers' serving packages): {SERVE_EXTRA}")
+    try:
+        path = _model_path_exists(args.model)
+    except UserError as err:
+        raise UserError(str(err).replace("--model ", "serve ", 1)) from None
+    spec = _spec(args.strategy) if args.strategy else None
+    from .configuration import CustomQwen3Config
+    from .paged import serving_refusal
+    from .strategy import resolve_strategy
+
+    config = CustomQwen3Config.from_pretrained(path)
+    strategy = resolve_strategy(spec if spec is not None else config.mask_strategy)
+    why = serving_refusal(strategy, config.num_hidden_layers, config.num_attention_heads, "--continuous-batching" in rest)
+    backend = next((rest[i + 1] for i, flag in enumerate(rest[:-1]) if flag == "--attn-implementation"), None)
+    if why is None and "--continuous-batching" in rest and backend and not backend.endswith(("sdpa", "eager")):
+        if any(strategy.for_layer(i).flash_form() != {} for i in range(config.num_hidden_layers)):
+            why = (f"Continuous batching with {backend} serves the 'causal' strategy only (the engine gives it no mask): "
+                   f"use --attn-implementation sdpa to serve {strategy.name!r}.")
+    if why:
+        raise UserError(why)
+    from .serving import serve
+
+    return serve(path, None if spec is None else strategy.to_dict(), rest)
+
+
 def cmd_finetune(args, rest) -> None:
     from .finetune import main as finetune_main
 
@@ -374,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("selfcheck", help="check the plugin against stock on the installed torch/transformers (seconds)")
     check.add_argument("--no-flex", action="store_true", help="skip the flex_attention check (it compiles)")
 
+    serve = sub.add_parser("serve", help="transformers' OpenAI-compatible server (transformers serve) for a plugin checkpoint",
+                           epilog="Every other option is transformers serve's: --host, --port, --device, --dtype, "
+                                  "--attn-implementation, --continuous-batching, --cb-* (transformers serve --help).")
+    serve.add_argument("model", help="checkpoint folder or hub id (served under its saved strategy)")
+    serve.add_argument("--strategy", help="serve under this strategy instead (name, JSON spec, or .json/.yaml file)")
+
     sub.add_parser("bench", help="benchmark against stock Qwen3ForCausalLM (options: qwen3-mask bench --help)", add_help=False)
     sub.add_parser("finetune", help="fine-tune with a strategy (options: qwen3-mask finetune --help)", add_help=False)
     return parser
@@ -401,16 +439,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose and untested_notice():  # after the flag check: a mistake stays one line, -v or not
         print(f"qwen3-mask: note: {untested_notice()}", file=sys.stderr)
     # list and show answer without loading transformers; finetune and bench set their own logging after their checks
-    if not args.verbose and args.command not in ("list", "show", "finetune", "bench"):
+    if not args.verbose and args.command not in ("list", "show", "finetune", "bench", "serve"):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    if rest and args.command not in ("bench", "finetune"):
+    if rest and args.command not in ("bench", "finetune", "serve"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"list": cmd_list, "show": cmd_show, "generate": cmd_generate, "demo": cmd_demo, "export": cmd_export,
                 "selfcheck": cmd_selfcheck}
     try:
+        if args.command == "serve":
+            return cmd_serve(args, rest)
         if args.command in ("bench", "finetune"):
             {"bench": cmd_bench, "finetune": cmd_finetune}[args.command](args, rest)
         else:

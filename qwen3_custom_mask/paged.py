@@ -51,6 +51,27 @@ def _probe(groups, num_heads: int) -> tuple[bool, bool]:
     return looks_ahead, whole_prompt
 
 
+def serving_refusal(strategy, num_layers: int, num_heads: int, continuous_batching: bool) -> str | None:
+    """Why a server (which generates with a KV cache) cannot serve ``strategy`` (one line), or None; before any
+    model is loaded (``qwen3-mask serve``)."""
+    groups: dict = {}
+    for idx in range(num_layers):
+        groups.setdefault(strategy.for_layer(idx), []).append(idx)
+    if all(group.flash_form() == {} for group in groups):
+        return None
+    if not strategy.generates:
+        return f"The mask strategy {strategy.name!r} describes one forward, not generation: a server cannot serve it."
+    looks_ahead, whole_prompt = _probe(list(groups.items()), num_heads)
+    if looks_ahead:
+        return (f"The mask strategy {strategy.name!r} lets a token see tokens generated after it, which a server's KV cache "
+                f"cannot honour. For embeddings, export it (qwen3-mask export) to an embedding runtime; for generation, "
+                f"use model.generate(..., use_cache=False).")
+    if whole_prompt and continuous_batching:
+        return (f"The mask strategy {strategy.name!r} reads each prompt as a whole, which continuous batching (split "
+                f"prefills, shared cache pages) cannot honour: serve it without --continuous-batching.")
+    return None
+
+
 def refusal(body) -> str | None:
     """Why continuous batching cannot serve this body's strategy (one line), or None."""
     strategy, backend = body.mask_strategy, body.config._attn_implementation
@@ -108,6 +129,27 @@ def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) ->
         looks_ahead |= bool((seen & later & generated).any())
         whole_prompt |= bool((seen & later & ~generated).any())
     return looks_ahead, whole_prompt
+
+
+def serving_refusal(strategy, num_layers: int, num_heads: int, continuous_batching: bool) -> str | None:
+    """Why a server (which generates with a KV cache) cannot serve ``strategy`` (one line), or None; before any
+    model is loaded (``qwen3-mask serve``)."""
+    groups: dict = {}
+    for idx in range(num_layers):
+        groups.setdefault(strategy.for_layer(idx), []).append(idx)
+    if all(group.flash_form() == {} for group in groups):
+        return None
+    if not strategy.generates:
+        return f"The mask strategy {strategy.name!r} describes one forward, not generation: a server cannot serve it."
+    looks_ahead, whole_prompt = _probe(list(groups.items()), num_heads)
+    if looks_ahead:
+        return (f"The mask strategy {strategy.name!r} lets a token see tokens generated after it, which a server's KV cache "
+                f"cannot honour. For embeddings, export it (qwen3-mask export) to an embedding runtime; for generation, "
+                f"use model.generate(..., use_cache=False).")
+    if whole_prompt and continuous_batching:
+        return (f"The mask strategy {strategy.name!r} reads each prompt as a whole, which continuous batching (split "
+                f"prefills, shared cache pages) cannot honour: serve it without --continuous-batching.")
+    return None
 
 
 def refusal(body) -> str | None:

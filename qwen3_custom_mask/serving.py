@@ -1,0 +1,87 @@
+"""``qwen3-mask serve``: transformers' own OpenAI-compatible server (``transformers serve``) with the plugin.
+
+The server loads each model in a spawned process, by ``getattr(transformers, config.architectures[0])``, with a
+copy of its `ModelLoader`. Nothing the parent process imported reaches that child, so the plugin hands the
+server a loader of its own (`PluginModelLoader`): pickled by reference to this module, it makes the child import
+the plugin (its Auto registrations) before it loads, names `CustomQwen3ForCausalLM` where the server looks
+architectures up, loads Qwen3 checkpoints (stock or plugin) into it, and sets ``--strategy`` when given.
+Everything else (the endpoints, streaming, continuous batching and its ``--cb-*`` options) is the server's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from importlib.util import find_spec
+
+SERVE_EXTRA = "pip install 'qwen3-custom-mask[serve]'"
+
+
+def missing_serving_packages() -> list[str]:
+    """What transformers' server needs and this environment lacks (without importing them)."""
+    return [name for name in ("fastapi", "uvicorn", "openai", "pydantic") if find_spec(name) is None]
+
+
+@contextlib.contextmanager
+def _plugin_names():
+    """Inside the model's process: the server's architecture lookup (``getattr(transformers, ...)``) finds the
+    plugin's class, for plugin checkpoints and for stock Qwen3 ones (the default strategy is stock exactly)."""
+    import transformers
+
+    from .modeling import CustomQwen3ForCausalLM
+
+    stock = transformers.Qwen3ForCausalLM
+    transformers.CustomQwen3ForCausalLM = CustomQwen3ForCausalLM
+    transformers.Qwen3ForCausalLM = CustomQwen3ForCausalLM
+    try:
+        yield
+    finally:
+        transformers.Qwen3ForCausalLM = stock
+
+
+def plugin_model_loader():
+    """`ModelLoader` of the installed transformers' server, with the plugin (defined on first use: the server's
+    module needs its optional packages)."""
+    if "PluginModelLoader" in globals():
+        return globals()["PluginModelLoader"]
+    from transformers.cli.serving.model_manager import ModelLoader
+
+    global PluginModelLoader
+
+    class PluginModelLoader(ModelLoader):  # noqa: F811  (module-level name: pickled by reference)
+        mask_strategy = None  # the serve command's --strategy, copied onto each instance (which the child receives)
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.mask_strategy = type(self).mask_strategy
+
+        def _load_model(self, *args, **kwargs):
+            with _plugin_names():
+                model = super()._load_model(*args, **kwargs)
+            if self.mask_strategy is not None:
+                model.set_mask_strategy(self.mask_strategy)
+            return model
+
+    PluginModelLoader.__module__, PluginModelLoader.__qualname__ = __name__, "PluginModelLoader"
+    return PluginModelLoader
+
+
+def __getattr__(name: str):
+    # Unpickling in the model's process looks the class up here before anything defined it.
+    if name == "PluginModelLoader":
+        return plugin_model_loader()
+    raise AttributeError(name)
+
+
+def serve(model: str, strategy=None, options: list[str] | None = None) -> int:
+    """Runs ``transformers serve MODEL OPTIONS`` with the plugin's loader; returns the server's exit code."""
+    import transformers.cli.serving.model_manager as model_manager
+    from transformers.cli.transformers import app
+
+    loader = plugin_model_loader()
+    loader.mask_strategy = strategy
+    model_manager.ModelLoader = loader  # serve.py reads it from this module when the command starts
+    try:  # the transformers CLI's own command (a typer app, or the click group huggingface_hub builds)
+        app(args=["serve", model, *(options or [])], prog_name="qwen3-mask serve", standalone_mode=False)
+    except KeyboardInterrupt:
+        return 0
+    return 0
