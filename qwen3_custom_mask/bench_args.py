@@ -13,7 +13,9 @@ Measured, each as the median with min-max over --repeats:
 * mask construction time per forward and the bytes of the mask each backend receives;
 * peak memory of each prefill (CUDA: allocator peak; Linux CPU: resident-set high-water mark, reset per run);
 * flex_attention: attention time of sliding_window(256) and document(8 docs) against sdpa with a dense mask
-  and against the ideal (sdpa over the unmasked blocks only).
+  and against the ideal (sdpa over the unmasked blocks only);
+* --only serving: continuous-batching throughput (plugin vs stock, strategies vs stock causal, and against
+  one-by-one generate() at 16 and 64 requests; bench_serving.py).
 """
 
 # torch-free: `qwen3-mask bench --help` and argument mistakes answer before torch is imported (benchmark.py runs).
@@ -41,7 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--sparse-length", type=int, default=4096)
     parser.add_argument("--no-sparse", action="store_true", help="skip the flex sparsity comparison")
     parser.add_argument("--no-compiled", action="store_true", help="skip the compiled static-cache decode comparison")
-    parser.add_argument("--only", choices=["prefill", "compiled", "block-masks"], help="run one section only")
+    parser.add_argument("--only", choices=["prefill", "compiled", "block-masks", "serving"], help="run one section only "
+                        "(serving: continuous-batching throughput against stock, asked for by name)")
     parser.add_argument("--block-lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     parser.add_argument("--grid-limit", type=int, default=8192, help="longest length whose grid-built BlockMask is timed")
     parser.add_argument("--decode-context", type=int, default=1024)

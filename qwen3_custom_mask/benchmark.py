@@ -390,6 +390,14 @@ def main(argv=None) -> str:
     compiled = compiled_decode(args) if wanted("compiled") and not args.no_compiled else []
     blocks = block_mask_costs(args) if args.only == "block-masks" else None  # long on CPU: asked for by name
     rows, sparse = [], []
+    if args.only == "serving":  # long on CPU: asked for by name
+        from .bench_serving import serving_rows
+
+        table = "\n".join(serving_rows(args, build_models))
+        print(table)
+        if args.markdown:
+            Path(args.markdown).write_text(table + "\n")
+        return table
     if wanted("prefill"):
         sparse = [] if args.no_sparse or "flex_attention" not in args.backends else attention_sparsity(args)
         rows = run(args)
