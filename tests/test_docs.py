@@ -1,0 +1,70 @@
+"""The docs site's examples run as written (docs/*.md, every python block of a page in order, in one namespace),
+with the substitutions a CI machine needs: the embedded default for a Hub id, CPU for CUDA. A block that cannot
+run in CI carries a `<!-- not run: why -->` marker and says so on the page. The clients page runs in
+tests/test_clients.py (it needs TRL's and lm-eval's small fixtures)."""
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import qwen3_custom_mask
+from qwen3_custom_mask.default import default_checkpoint
+
+DOCS = Path(__file__).parent.parent / "docs"
+PAGES = sorted(p.name for p in DOCS.glob("*.md") if p.name != "clients.md") + ["../README.md"]
+MARKER = "<!-- not run:"
+
+
+def python_blocks(text: str) -> list[tuple[str, bool]]:
+    """(code, runs) for every python block; a block followed by the marker does not run."""
+    blocks = []
+    for match in re.finditer(r"```python\n(.*?)```\n", text, flags=re.S):
+        after = text[match.end():].lstrip("\n")
+        blocks.append((match.group(1), not after.startswith(MARKER)))
+    return blocks
+
+
+def as_on_ci(code: str) -> str:
+    code = code.replace('"Qwen/Qwen3-0.6B"', repr(str(default_checkpoint())))
+    if not torch.cuda.is_available():
+        code = code.replace("TrainingArguments(", "TrainingArguments(use_cpu=True, ")
+    return code
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_python_block_of_the_page_runs_as_written(page, tmp_path, monkeypatch):
+    blocks = python_blocks((DOCS / page).read_text())
+    if not any(runs for _, runs in blocks):
+        pytest.skip(f"{page} has no python block to run")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": f"docs_{page}"}
+    for code, runs in blocks:
+        if runs:
+            exec(compile(as_on_ci(code), str(DOCS / page), "exec"), namespace)
+
+
+def test_a_block_that_does_not_run_says_so_on_the_page():
+    for page in DOCS.glob("*.md"):
+        text = page.read_text()
+        for match in re.finditer(re.escape(MARKER) + r".*?-->\n(.*)\n", text):
+            assert match.group(1).startswith("*"), f"{page.name}: a not-run marker without its visible note"
+
+
+def test_every_documented_name_imports():
+    for name in qwen3_custom_mask.__all__:
+        assert getattr(qwen3_custom_mask, name) is not None, name
+    from qwen3_custom_mask.training import PackingCollator  # noqa: F401  (the name the docs use)
+
+    for target in re.findall(r"^::: ([\w.]+)", (DOCS / "reference.md").read_text(), flags=re.M):
+        module, _, attribute = target.rpartition(".")
+        assert hasattr(importlib.import_module(module), attribute), target
+
+
+def test_the_readme_stays_short_and_links_into_the_docs():
+    readme = (DOCS.parent / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    for link in re.findall(r"\]\((docs/[\w./-]+\.md)", readme):
+        assert (DOCS.parent / link).is_file(), link
