@@ -13,8 +13,9 @@ case, the worst errors, then the benchmark tables; exits 1 on any mismatch.
    decode (``torch.compile(model.forward, fullgraph=True)``), each against the reference: a hand-written float32
    Qwen3 forward (`reference.py`) with the strategy's mask evaluated over the whole grid (the element-by-element
    reference is what CPU tests hold this evaluation to; at 4096 tokens it would take hours).
-2. Benchmarks (`qwen3-mask bench`): prefill and decode against stock, compiled static-cache decode, and flex
-   sliding_window / documents against dense-mask sdpa at 8k and 32k tokens.
+2. Benchmarks (`qwen3-mask bench`): prefill and decode against stock, compiled static-cache decode, flex
+   sliding_window / documents against dense-mask sdpa at 8k and 32k tokens, and continuous-batching throughput
+   (sdpa: plugin vs stock causal, strategies vs stock causal, vs one-by-one generate() at 16 and 64 requests).
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def bench(budget_s: float) -> None:
         ["--only", "prefill", "--lengths", "1024", "--backends", "sdpa", "flex_attention", "--strategies", "sliding_window(256)",
          "document(8 docs)", "--repeats", "3", "--sparse-length", "32768"],
         ["--only", "compiled", "--layers", "8"],
+        ["--only", "serving", "--layers", "8"],  # continuous batching vs stock, and vs one-by-one generate()
     ]
     start = time.perf_counter()
     for argv in sections:
