@@ -165,6 +165,7 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
             groups.setdefault(strategy.for_layer(idx), []).append(idx)
         # Plain tuples and bools: what forward() reads stays cheap to guard under torch.compile.
         self._mask_strategy = strategy
+        self._paged_checked = None  # continuous batching's refusal check, made once per strategy (paged.py)
         self.mask_groups = tuple((s, tuple(layers)) for s, layers in groups.items())
         self.mask_strategy_is_causal = len(groups) == 1 and strategy.for_layer(0).flash_form() == {}
         self.all_layers = tuple(range(num_layers))
@@ -207,9 +208,11 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
             # own causal/sliding masks in its packed layout. The default strategy takes them as stock does; any other
             # gets its own masks in that layout (paged.py), or is refused, never served with the engine's.
             if not self.mask_strategy_is_causal:
-                why = paged.refusal(self)
-                if why:
-                    raise ValueError(why)
+                if self._paged_checked is not self._mask_strategy:  # once per strategy, not every step
+                    why = paged.refusal(self)
+                    if why:
+                        raise ValueError(why)
+                    self._paged_checked = self._mask_strategy
                 attention_mask = paged.paged_masks(self, attention_mask, position_ids, kwargs)
         elif isinstance(attention_mask, dict):
             # Ready masks: stock uses them as they are. Ours (LayerMasks inside) already consumed the inputs.

@@ -112,9 +112,6 @@ def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) ->
     q_lengths = cu_q.diff()
     requests = int((q_lengths > 0).sum())  # padding sequences (static shapes) come last, with no tokens
     q_lengths, starts = q_lengths[:requests], cu_q[:requests]
-    q_total = int(cu_q[requests])
-    q_request = torch.full((positions.numel(),), -1, dtype=torch.long, device=device)
-    q_request[:q_total] = torch.repeat_interleave(torch.arange(requests, device=device), q_lengths)
     ends = positions[starts + q_lengths - 1] + 1
     context = dict(padding_mask=padding, num_heads=num_heads, training=False, sequence_length=PROBE_LENGTH,
                    prefix_lengths=torch.tensor([PROBE_PROMPT]))  # prefix_lm's prefix: the prompt
@@ -192,45 +189,42 @@ def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) ->
     q_lengths = cu_q.diff()
     requests = int((q_lengths > 0).sum())  # padding sequences (static shapes) come last, with no tokens
     q_lengths, starts = q_lengths[:requests], cu_q[:requests]
-    q_total = int(cu_q[requests])
-    q_request = torch.full((positions.numel(),), -1, dtype=torch.long, device=device)
-    q_request[:q_total] = torch.repeat_interleave(torch.arange(requests, device=device), q_lengths)
     ends = positions[starts + q_lengths - 1] + 1
     # prefix_lm (inside a composition that never looks ahead, else refused): the prompt read in this forward
     prefix = torch.where(positions[starts] == 0, q_lengths, torch.zeros_like(q_lengths))
     context = dict(padding_mask=torch.ones(requests, int(ends.max()) if requests else 1, dtype=torch.bool, device=device),
                    num_heads=config.num_attention_heads, training=False, prefix_lengths=prefix)
+    q_first = cu_q[:requests].tolist()
+    q_lens = q_lengths.tolist()
     masks = LayerMasks()
     for layer_type in layer_types:
         template = engine_masks[layer_type]
         kv_length = template.shape[-1]
         k_lengths = cu_k[layer_type].long().diff()[:requests]
-        k_total = int(k_lengths.sum())
-        k_request = torch.full((kv_length,), -1, dtype=torch.long, device=device)
-        k_request[:k_total] = torch.repeat_interleave(torch.arange(requests, device=device), k_lengths)
-        index = torch.arange(kv_length, device=device)
-        owner = k_request.clamp(min=0)
-        k_first = torch.cat([k_lengths.new_zeros(1), k_lengths.cumsum(0)])[owner]
-        k_positions = ends[owner] - k_lengths[owner] + (index - k_first)
+        k_first = torch.cat([k_lengths.new_zeros(1), k_lengths.cumsum(0)]).tolist()
+        k_starts = (ends - k_lengths).tolist()  # each request's first key position on this layer type
         for group, layers in body.mask_groups:
             typed = [idx for idx in layers if config.layer_types[idx] == layer_type]
             if not typed:
                 continue
             mask_mod = group.mask_mod(**context)
-            if layer_type == "sliding_attention":
-                overlay = sliding_layer_overlay(group.flash_form(), config.sliding_window)
-            else:
-                overlay = None
+            overlay = sliding_layer_overlay(group.flash_form(), config.sliding_window) if layer_type == "sliding_attention" else None
+            # Block-diagonal, as the engine builds its own: each request's queries against its own keys only.
+            dense = torch.zeros(1, 1, positions.numel(), kv_length, dtype=torch.bool, device=device)
+            for r in range(requests):
+                rows, cols = slice(q_first[r], q_first[r] + q_lens[r]), slice(k_first[r], k_first[r + 1])
+                keys = torch.arange(k_starts[r], k_starts[r] + cols.stop - cols.start, device=device)[None]
 
-            def packed(b, h, q, kv, mask_mod=mask_mod, overlay=overlay):
-                rq, rk = q_request[q], k_request[kv]
-                qp, kp = positions[q], k_positions[kv]
-                seen = (rq == rk) & (rq >= 0) & mask_mod(rq.clamp(min=0), h, qp, kp)
-                return seen & overlay(b, h, qp, kp) if overlay is not None else seen
+                def one(b, h, q, kv, r=r, mask_mod=mask_mod, overlay=overlay):
+                    seen = mask_mod(b + r, h, q, kv)  # the request's own row of the per-request inputs
+                    return seen & overlay(b, h, q, kv) if overlay is not None else seen
 
-            dense = dense_mask(packed, batch_size=1, num_heads=config.num_attention_heads, q_offset=0,
-                               q_length=positions.numel(), kv_offset=0, kv_length=kv_length,
-                               padding_mask=torch.ones(1, kv_length, dtype=torch.bool, device=device), device=device)
+                block = dense_mask(one, batch_size=1, num_heads=config.num_attention_heads, q_offset=0, q_length=q_lens[r],
+                                   kv_offset=0, kv_length=0, padding_mask=torch.ones(1, k_starts[r] + keys.shape[1], dtype=torch.bool, device=device),
+                                   device=device, kv_positions=keys, q_positions=positions[rows])
+                if block.shape[1] > dense.shape[1]:  # a per-head mask
+                    dense = dense.expand(-1, block.shape[1], -1, -1).clone()
+                dense[:, :, rows, cols] = block
             lowered = eager_float_mask(dense, template.dtype)  # the engine's additive form (finfo.min: no NaN rows)
             for idx in typed:
                 masks[idx] = (lowered, {})
