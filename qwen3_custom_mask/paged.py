@@ -51,6 +51,22 @@ def _probe(groups, num_heads: int) -> tuple[bool, bool]:
     return looks_ahead, whole_prompt
 
 
+def _cannot_cache(strategy, groups, num_heads: int, continuous_batching: bool) -> str | None:
+    """Why generation with a KV cache (paged or not) cannot serve ``strategy``, or None."""
+    if not strategy.generates:
+        return f"The mask strategy {strategy.name!r} describes one forward, not generation: it cannot be served."
+    looks_ahead, whole_prompt = _probe(groups, num_heads)
+    if looks_ahead:
+        return (f"The mask strategy {strategy.name!r} lets a token see tokens generated after it, which a KV cache "
+                f"filled earlier cannot honour. For embeddings, export it (qwen3-mask export) to an embedding runtime; "
+                f"for generation, use model.generate(..., use_cache=False).")
+    if whole_prompt and continuous_batching:
+        return (f"The mask strategy {strategy.name!r} reads each prompt as a whole, but continuous batching splits "
+                f"prompts across forwards and shares cache pages between prompts, which would change their keys and "
+                f"values: use model.generate() (batched, with padding), or serve without --continuous-batching.")
+    return None
+
+
 def serving_refusal(strategy, num_layers: int, num_heads: int, continuous_batching: bool) -> str | None:
     """Why a server (which generates with a KV cache) cannot serve ``strategy`` (one line), or None; before any
     model is loaded (``qwen3-mask serve``)."""
@@ -59,17 +75,7 @@ def serving_refusal(strategy, num_layers: int, num_heads: int, continuous_batchi
         groups.setdefault(strategy.for_layer(idx), []).append(idx)
     if all(group.flash_form() == {} for group in groups):
         return None
-    if not strategy.generates:
-        return f"The mask strategy {strategy.name!r} describes one forward, not generation: a server cannot serve it."
-    looks_ahead, whole_prompt = _probe(list(groups.items()), num_heads)
-    if looks_ahead:
-        return (f"The mask strategy {strategy.name!r} lets a token see tokens generated after it, which a server's KV cache "
-                f"cannot honour. For embeddings, export it (qwen3-mask export) to an embedding runtime; for generation, "
-                f"use model.generate(..., use_cache=False).")
-    if whole_prompt and continuous_batching:
-        return (f"The mask strategy {strategy.name!r} reads each prompt as a whole, which continuous batching (split "
-                f"prefills, shared cache pages) cannot honour: serve it without --continuous-batching.")
-    return None
+    return _cannot_cache(strategy, list(groups.items()), num_heads, continuous_batching)
 
 
 def refusal(body) -> str | None:
@@ -77,24 +83,13 @@ def refusal(body) -> str | None:
     strategy, backend = body.mask_strategy, body.config._attn_implementation
     if body.mask_strategy_is_causal:
         return None
-    if not strategy.generates:
-        return f"The mask strategy {strategy.name!r} describes one forward, not generation: continuous batching cannot serve it."
     if not paged_layout_known():
         return (f"This transformers' continuous-batching engine predates the packed layout the plugin builds masks for: "
                 f"it serves the 'causal' strategy only. Upgrade transformers, or use model.generate() for {strategy.name!r}.")
     if backend in FLASH_BACKENDS or backend == "flex_attention":
         return (f"Continuous batching with {backend} serves the 'causal' strategy only (the engine gives it no mask); "
                 f"load the model with attn_implementation='sdpa' or 'eager' to serve {strategy.name!r}.")
-    looks_ahead, whole_prompt = _probe(body.mask_groups, body.config.num_attention_heads)
-    if looks_ahead:
-        return (f"The mask strategy {strategy.name!r} lets a token see tokens generated after it, which a paged KV cache "
-                f"cannot honour: continuous batching cannot serve it. For embeddings, export it (qwen3-mask export) to an "
-                f"embedding runtime; for generation, use model.generate(..., use_cache=False).")
-    if whole_prompt:
-        return (f"The mask strategy {strategy.name!r} reads each prompt as a whole, but continuous batching splits prompts "
-                f"across forwards and shares cache pages between prompts, which would change their keys and values: "
-                f"use model.generate() (batched, with padding) for {strategy.name!r}.")
-    return None
+    return _cannot_cache(strategy, body.mask_groups, body.config.num_attention_heads, continuous_batching=True)
 
 
 def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) -> dict:
