@@ -22,6 +22,8 @@ import logging
 import re
 import sys
 
+from .script_args import OneLineParser
+
 EXIT_USAGE = 2
 
 
@@ -359,7 +361,7 @@ def cmd_finetune(args, rest) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qwen3-mask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="qwen3-mask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     # -v after the command too (qwen3-mask demo -v); SUPPRESS keeps a -v given before it.
@@ -424,7 +426,13 @@ def _message(err: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    try:
+        args, rest = parser.parse_known_args(argv)
+    except SystemExit as err:  # argparse's mistakes, in one line (OneLineParser); --help exits 0 as usual
+        if not isinstance(err.code, str):
+            raise
+        print(f"qwen3-mask: {err.code}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # An untested transformers: said by selfcheck and under -v, never in front of an ordinary answer.
     from .compat import mute_untested_notice, untested_notice
@@ -445,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     if rest and args.command not in ("bench", "finetune", "serve"):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        print(f"qwen3-mask: error: unrecognized arguments: {' '.join(rest)} (see --help)", file=sys.stderr)
+        return EXIT_USAGE
     commands = {"list": cmd_list, "show": cmd_show, "generate": cmd_generate, "demo": cmd_demo, "export": cmd_export,
                 "selfcheck": cmd_selfcheck}
     try:
@@ -459,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         message = _message(err).replace("Pass use_cache=False to generate()", "Pass --no-cache")  # the CLI's spelling
+        message = message.strip().splitlines()[0] if message.strip() else type(err).__name__  # one line; -v: all of it
         print(f"qwen3-mask: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `qwen3-mask list | head`

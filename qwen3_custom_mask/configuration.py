@@ -52,6 +52,11 @@ class CustomQwen3Config(Qwen3Config):
         check_spec_version(config_dict)
         return config_dict, kwargs
 
+    def __post_init__(self, **kwargs):
+        # Also the constructor (CustomQwen3Config(**fields), AutoConfig.for_model): never a newer spec, misread.
+        check_spec_version({"mask_spec_version": self.mask_spec_version})
+        super().__post_init__(**kwargs)
+
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
         # AutoConfig / AutoModel*.from_pretrained read the file through the base class's get_config_dict, so the

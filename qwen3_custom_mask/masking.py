@@ -311,14 +311,20 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
         if position_ids is None and strategy.places_tokens:
             position_ids = strategy.position_ids(**context)[:, q_offset : q_offset + q_length]
         structure = backend == "flex_attention" or backend in FLASH_BACKENDS  # block indices, varlen documents
-        groups = [(s.mask_mod(**context), s.flash_form(), s.key_intervals(**context) if structure else None, layers)
-                  for s, layers in body.mask_groups]
-        # Padding-free packing: every strategy reads each document alone, as stock's builders do. `document`
-        # reads the restarts itself; `bidirectional` keeps stock's is_causal: false result (no detection there).
-        sequences = None if strategy.places_tokens or backend in FLASH_BACKENDS else packed_documents(position_ids, attention_mask, cache, batch_size)
+        # Padding-free packing (restarting position_ids, no mask, no cache): every strategy reads each document as
+        # if it stood alone, as stock's builders do: inside a document, `document` is one document. Explicit
+        # document_ids keep their own meaning; `bidirectional` keeps stock's is_causal: false result.
+        sequences = None
+        if backend not in FLASH_BACKENDS and mask_inputs.get("document_ids") is None:
+            sequences = packed_documents(position_ids, attention_mask, cache, batch_size)
         if sequences is not None:
             if set(strategy.inputs) - {"document_ids"}:
                 refuse_packed(strategy)
+            if "document_ids" in strategy.inputs:
+                context["document_ids"] = torch.zeros(batch_size, q_length, dtype=torch.long, device=device)
+        groups = [(s.mask_mod(**context), s.flash_form(), s.key_intervals(**context) if structure else None, layers)
+                  for s, layers in body.mask_groups]
+        if sequences is not None:
             positions = position_ids.view(-1, q_length).expand(batch_size, -1)
             if any(is_bidirectional(form) for _, form, _, _ in groups) and body.training and not _compiling():
                 logger.warning_once(

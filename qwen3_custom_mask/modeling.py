@@ -13,6 +13,7 @@ import copy
 import functools
 import inspect
 import logging
+import sys
 from functools import partial
 from typing import Any
 
@@ -72,6 +73,17 @@ def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
         setattr(custom, name, value)
     custom.__dict__.pop("is_causal", None)
     return custom
+
+
+def register_with_peft() -> None:
+    """PEFT picks defaults by model_type (LoraConfig() and IA3Config() without target_modules, ...): the plugin's
+    model_type gets Qwen3's entries. Called at import and when a model is built, once PEFT is imported."""
+    constants = sys.modules.get("peft.utils.constants")
+    if constants is None:
+        return
+    for table in vars(constants).values():
+        if isinstance(table, dict) and "qwen3" in table and CustomQwen3Config.model_type not in table:
+            table[CustomQwen3Config.model_type] = table["qwen3"]
 
 
 def is_paged(cache) -> bool:
@@ -139,6 +151,7 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
     def __init__(self, config: Qwen3Config):
         check_internals()  # a transformers whose hooks moved: refuse here, never build a silently wrong mask
         warn_if_untested()  # once per process: a release newer than CI has proven
+        register_with_peft()
         super().__init__(as_custom_config(config))
         check_model_internals(self)
         for idx, layer in enumerate(self.layers):
@@ -436,3 +449,4 @@ for _auto, _names, _cls in (
     # serve` and the pipelines pick the task by them.
     # Listed under our own model_type, which CONFIG_MAPPING_NAMES lacks, so the Auto lookups themselves are unchanged.
     getattr(modeling_auto, _names).setdefault(CustomQwen3Config.model_type, _cls.__name__)
+register_with_peft()

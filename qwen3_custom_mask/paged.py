@@ -30,7 +30,8 @@ from .compat import paged_layout_known
 from .lowering import FLASH_BACKENDS, dense_mask, eager_float_mask
 from .masking import LayerMasks, sliding_layer_overlay
 
-PROBE_PROMPT, PROBE_LENGTH = 6, 14  # a prompt and its continuation, enough for every built-in's structure
+# A prompt and its continuation for the start-up probe; positions past it are checked at every forward instead.
+PROBE_PROMPT, PROBE_LENGTH = 48, 96
 
 
 def _probe(groups, num_heads: int) -> tuple[bool, bool]:
@@ -92,6 +93,29 @@ def refusal(body) -> str | None:
     return _cannot_cache(strategy, body.mask_groups, body.config.num_attention_heads, continuous_batching=True)
 
 
+def refuse_cached_look_back(body, context: dict, past: list[int], ends: list[int], device) -> None:
+    """Raises if a token some request already cached would see a key this forward adds: the start-up probe reads a
+    bounded prefix, a strategy may look ahead only further on (a global token at position 500). Linear in the
+    cached tokens per request, like generate()'s own check."""
+    heads = body.config.num_attention_heads
+    for group, _ in body.mask_groups:
+        mask_mod = group.mask_mod(**context)
+        for r, (cached, end) in enumerate(zip(past, ends)):
+            if cached == 0:
+                continue
+            seen = dense_mask(lambda b, h, q, kv, r=r: mask_mod(b + r, h, q, kv), batch_size=1, num_heads=heads, q_offset=0,
+                              q_length=cached, kv_offset=0, kv_length=0, device=device,
+                              padding_mask=torch.ones(1, end, dtype=torch.bool, device=device),
+                              kv_positions=torch.arange(cached, end, device=device)[None])
+            if bool(seen.any()):
+                row = int(seen.any(-1).any(1).nonzero()[0, -1])
+                raise ValueError(
+                    f"The mask strategy {body.mask_strategy.name!r} lets a token see tokens generated after it (cached "
+                    f"position {row} sees position {cached} or later), which a KV cache filled earlier cannot honour: use "
+                    f"model.generate(..., use_cache=False) for it."
+                )
+
+
 def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) -> dict:
     """``{layer_type: LayerMasks}`` for one engine forward, in the engine's layout and additive dtype."""
     config = body.config
@@ -114,6 +138,7 @@ def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) ->
                    num_heads=config.num_attention_heads, training=False, prefix_lengths=prefix)
     q_first = cu_q[:requests].tolist()
     q_lens = q_lengths.tolist()
+    refuse_cached_look_back(body, context, positions[starts].tolist(), ends.tolist(), device)
     masks = LayerMasks()
     for layer_type in layer_types:
         template = engine_masks[layer_type]

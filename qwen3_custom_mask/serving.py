@@ -21,21 +21,39 @@ def missing_serving_packages() -> list[str]:
     return [name for name in ("fastapi", "uvicorn", "openai", "pydantic") if find_spec(name) is None]
 
 
+def register_with_server() -> None:
+    """What the server looks up by model_type, under the plugin's: Qwen3's response template (the `<think>` and
+    tool-call parsing of chat answers). Importing modeling registers the config and classes (Auto API)."""
+    from . import modeling  # noqa: F401
+
+    try:
+        from transformers.cli.serving import utils
+    except ImportError:
+        return
+    table = getattr(utils, "_RESPONSE_TEMPLATE_FALLBACKS", None)
+    if isinstance(table, dict) and not any("qwen3_custom_mask" in types for types in table):
+        qwen3 = next((template for types, template in table.items() if "qwen3" in types), None)
+        if qwen3 is not None:
+            table[("qwen3_custom_mask",)] = qwen3
+
+
 @contextlib.contextmanager
 def _plugin_names():
     """Inside the model's process: the server's architecture lookup (``getattr(transformers, ...)``) finds the
-    plugin's class, for plugin checkpoints and for stock Qwen3 ones (the default strategy is stock exactly)."""
-    import transformers
+    plugin's class, for plugin checkpoints and for stock Qwen3 ones (the default strategy is stock exactly). Set on
+    the module object the server's own module reads (transformers' lazy module may have been replaced since)."""
+    import transformers.cli.serving.model_manager as model_manager
 
     from .modeling import CustomQwen3ForCausalLM
 
-    stock = transformers.Qwen3ForCausalLM
-    transformers.CustomQwen3ForCausalLM = CustomQwen3ForCausalLM
-    transformers.Qwen3ForCausalLM = CustomQwen3ForCausalLM
+    namespace = model_manager.transformers
+    stock = namespace.Qwen3ForCausalLM
+    namespace.CustomQwen3ForCausalLM = CustomQwen3ForCausalLM
+    namespace.Qwen3ForCausalLM = CustomQwen3ForCausalLM
     try:
         yield
     finally:
-        transformers.Qwen3ForCausalLM = stock
+        namespace.Qwen3ForCausalLM = stock
 
 
 def plugin_model_loader():
@@ -43,6 +61,7 @@ def plugin_model_loader():
     module needs its optional packages)."""
     if "PluginModelLoader" in globals():
         return globals()["PluginModelLoader"]
+    register_with_server()  # in the model's process too: it unpickles the loader through this function
     from transformers.cli.serving.model_manager import ModelLoader
 
     global PluginModelLoader
@@ -80,8 +99,12 @@ def serve(model: str, strategy=None, options: list[str] | None = None) -> int:
     loader = plugin_model_loader()
     loader.mask_strategy = strategy
     model_manager.ModelLoader = loader  # serve.py reads it from this module when the command starts
+    import click
+
     try:  # the transformers CLI's own command (a typer app, or the click group huggingface_hub builds)
         app(args=["serve", model, *(options or [])], prog_name="qwen3-mask serve", standalone_mode=False)
-    except KeyboardInterrupt:
+    except click.ClickException as err:  # an option mistake: one line, as every qwen3-mask mistake
+        raise ValueError(f"{err.format_message()} (transformers serve --help lists the options)") from None
+    except (KeyboardInterrupt, click.exceptions.Abort):
         return 0
     return 0

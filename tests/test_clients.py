@@ -292,6 +292,10 @@ PADDING_FREE_SPECS = [
     {"name": "global_tokens", "tokens": [0], "window": 2},
     {"or": [{"name": "sliding_window", "window": 2}, {"name": "attention_sinks", "sinks": 1, "window": 1}]},
     {"and": ["document", {"name": "sliding_window", "window": 2}]},
+    {"and": ["document", {"name": "attention_sinks", "sinks": 1, "window": 2}]},
+    {"and": ["document", {"name": "chunked", "chunk_size": 2}]},
+    {"or": ["document", {"name": "sliding_window", "window": 2}]},
+    {"layers": {"0": "document", "1": {"name": "chunked", "chunk_size": 3}}},
 ]
 
 
@@ -327,7 +331,7 @@ def test_trl_padding_free_packing_keeps_each_document_alone(stock_dir, tmp_path,
     model.eval()
     packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
     for start, end in zip(starts, starts[1:]):
-        alone = model(input_ids=batch["input_ids"][:, start:end], use_cache=False).logits
+        alone = model(input_ids=batch["input_ids"][:, start:end], position_ids=torch.arange(end - start)[None], use_cache=False).logits
         torch.testing.assert_close(packed[:, start:end], alone, atol=2e-4, rtol=2e-4)
 
 

@@ -130,7 +130,26 @@ def test_requests_arriving_while_others_decode(engine_checkpoint):
 
 
 @needs_layout
-@pytest.mark.parametrize("spec", ["bidirectional", {"name": "global_tokens", "tokens": [1], "window": 2, "causal": False}])
+@torch.no_grad()
+def test_a_look_ahead_past_the_start_up_probe_is_refused_at_the_step_that_meets_it(engine_checkpoint):
+    """A non-causal global token at position 100 sees every later token: generate_batch must not serve it with
+    the cache (it served other tokens than use_cache=False)."""
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
+    model.set_mask_strategy({"name": "global_tokens", "tokens": [100], "window": 1, "causal": False})
+    config = GenerationConfig(max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0)
+    out = model.generate_batch(inputs=[list(range(1, 106))], generation_config=config,
+                               continuous_batching_config=small_engine(budget=128), warmup=False)
+    assert all(out[key].generated_tokens in ([], None) or len(out[key].generated_tokens) < 3 for key in out)
+    from qwen3_custom_mask.paged import refuse_cached_look_back
+
+    context = dict(padding_mask=torch.ones(1, 106, dtype=torch.bool), num_heads=4, training=False)
+    with pytest.raises(ValueError, match="lets a token see tokens generated after it.*cached position 100"):
+        refuse_cached_look_back(model.model, context, [105], [106], "cpu")
+
+
+@needs_layout
+@pytest.mark.parametrize("spec", ["bidirectional", {"name": "global_tokens", "tokens": [1], "window": 2, "causal": False},
+                                  {"name": "global_tokens", "tokens": [40], "window": 2, "causal": False}])
 def test_a_strategy_the_paged_cache_cannot_honour_is_refused_at_start(engine_checkpoint, spec):
     model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
     model.set_mask_strategy(spec)

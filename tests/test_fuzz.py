@@ -424,14 +424,14 @@ def test_padding_free_packed_rows_match_each_document_alone(model_for, spec, len
     model = model_for(backend, strategy, config)
     extra = {"prefix_lengths": torch.tensor([1])} if "prefix_lengths" in strategy.inputs else {}
     call = dict(input_ids=ids, position_ids=positions, use_cache=False, **extra)
-    if set(strategy.inputs) - {"document_ids"} and len(lengths) > 1 and not strategy.places_tokens:  # per-row input: refused
+    if set(strategy.inputs) - {"document_ids"} and len(lengths) > 1:  # a per-row input cannot be read per document
         with pytest.raises(ValueError, match="position_ids restart inside a row"):
             model(**call)
         counted()
         return
     inputs = {**extra, **({"document_ids": documents} if "document_ids" in strategy.inputs else {})}
-    whole_row = strategy.places_tokens or strategy.flash_form() == {"is_causal": False} or len(lengths) == 1
-    if whole_row:  # documents read their restarts themselves; bidirectional keeps stock's whole-row result
+    whole_row = strategy.flash_form() == {"is_causal": False} or len(lengths) == 1
+    if whole_row:  # bidirectional keeps stock's whole-row result
         assume(not has_empty_real_rows(strategy, ones, inputs))
         ref = expected_logits(model, ids, ones, positions, inputs)
         torch.testing.assert_close(model(**call).logits, ref, atol=1e-4, rtol=1e-4)
@@ -439,8 +439,9 @@ def test_padding_free_packed_rows_match_each_document_alone(model_for, spec, len
         got, start = model(**call).logits, 0
         for n in lengths:
             alone = ids[:, start : start + n]
-            assume(not has_empty_real_rows(strategy, torch.ones_like(alone), {}))
-            ref = expected_logits(model, alone, torch.ones_like(alone), torch.arange(n)[None], {})
+            alone_inputs = {"document_ids": torch.zeros_like(alone)} if "document_ids" in strategy.inputs else {}
+            assume(not has_empty_real_rows(strategy, torch.ones_like(alone), alone_inputs))
+            ref = expected_logits(model, alone, torch.ones_like(alone), torch.arange(n)[None], alone_inputs)
             torch.testing.assert_close(got[:, start : start + n], ref, atol=1e-4, rtol=1e-4)
             start += n
     counted()

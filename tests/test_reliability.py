@@ -118,6 +118,12 @@ def test_config_from_a_newer_version_is_refused_with_the_fix(checkpoint, tmp_pat
                  AutoModelForSequenceClassification.from_pretrained):
         with pytest.raises(ValueError, match="newer qwen3-custom-mask.*pip install -U qwen3-custom-mask"):
             load(tmp_path)
+    from qwen3_custom_mask import CustomQwen3Config
+
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
+    for build in (lambda: CustomQwen3Config(**fields), lambda: AutoConfig.for_model("qwen3_custom_mask", **fields)):
+        with pytest.raises(ValueError, match="newer qwen3-custom-mask"):
+            build()
 
 
 @pytest.mark.parametrize("spec", ["causal", {"layers": {"0": "prefix_lm", "1": {"and": ["causal", {"name": "chunked", "chunk_size": 4}]}}}])

@@ -50,8 +50,10 @@ class Server:
     def __init__(self, *args):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/v1"
-        command = [sys.executable, "-m", "qwen3_custom_mask.cli", "serve", *map(str, args), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--device", "cpu"]
+        # the installed console script, as users run it (its package import differs from `python -m`)
+        script = os.path.join(os.path.dirname(sys.executable), "qwen3-mask")
+        launcher = [script] if os.path.exists(script) else [sys.executable, "-m", "qwen3_custom_mask.cli"]
+        command = [*launcher, "serve", *map(str, args), "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                      env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
 
@@ -103,11 +105,14 @@ def test_the_openai_client_gets_the_strategys_text(plugin_dir, engine):
     with Server(plugin_dir, *engine) as server:
         assert [m["id"] for m in server.models["data"]] == [str(plugin_dir)]
         client = OpenAI(base_url=server.base, api_key="unused", timeout=120, max_retries=0)
+        # the same tokens; Qwen3's response parser (as for a stock Qwen3) trims the answer's leading whitespace
         reply = client.chat.completions.create(model=str(plugin_dir), messages=MESSAGES, max_tokens=NEW_TOKENS, temperature=0.0)
-        assert reply.choices[0].message.content == expected
+        assert reply.choices[0].message.content.strip() == expected.strip()
         stream = client.chat.completions.create(model=str(plugin_dir), messages=MESSAGES, max_tokens=NEW_TOKENS,
                                                 temperature=0.0, stream=True)
-        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == expected
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices).strip() == expected.strip()
+        completion = client.completions.create(model=str(plugin_dir), prompt="The sky is", max_tokens=NEW_TOKENS, temperature=0.0)
+        assert completion.choices[0].text.strip() == expected_text(plugin_dir, SPEC, prompt="The sky is").strip()
 
 
 def test_strategy_flag_serves_a_stock_checkpoint_under_another_strategy():
@@ -118,8 +123,7 @@ def test_strategy_flag_serves_a_stock_checkpoint_under_another_strategy():
     with Server(path, "--strategy", json.dumps(SPEC)) as server:
         client = OpenAI(base_url=server.base, api_key="unused", timeout=120, max_retries=0)
         reply = client.chat.completions.create(model=str(path), messages=MESSAGES, max_tokens=NEW_TOKENS, temperature=0.0)
-        # the same tokens; this folder's tokenizer files make the server's decode drop the leading space
-        assert reply.choices[0].message.content.strip() == expected.strip()
+        assert reply.choices[0].message.content.strip() == expected.strip()  # trimmed by Qwen3's response parser
 
 
 @pytest.mark.parametrize("args,message", [
@@ -127,10 +131,24 @@ def test_strategy_flag_serves_a_stock_checkpoint_under_another_strategy():
     (["{plugin}", "--strategy", "bidirectional"], "'bidirectional' lets a token see tokens generated after it"),
     (["{plugin}", "--strategy", "prefix_lm", "--continuous-batching"], "'prefix_lm' reads each prompt as a whole"),
     (["{plugin}", "--strategy", "slidng_window"], "Did you mean 'sliding_window'?"),
+    (["{plugin}", "--port", "notaport"], "Invalid value for '--port'"),
 ])
 def test_a_server_that_cannot_start_exits_2_with_one_line(plugin_dir, args, message):
     args = [a.replace("{plugin}", str(plugin_dir)) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "qwen3_custom_mask.cli", "serve", *args, "--host", "127.0.0.1", "--port", "1"],
+    defaults = [] if "--port" in args else ["--port", "1"]  # never reached: each case stops before it listens
+    proc = subprocess.run([sys.executable, "-m", "qwen3_custom_mask.cli", "serve", *args, "--host", "127.0.0.1", *defaults],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_the_server_parses_chat_answers_as_for_stock_qwen3(plugin_dir):
+    """transformers serve picks its response parser (<think>, tool calls) by model_type: the plugin's gets Qwen3's."""
+    from transformers import AutoConfig
+    from transformers.cli.serving.utils import get_response_template
+
+    from qwen3_custom_mask.serving import register_with_server
+
+    register_with_server()
+    stock = get_response_template(None, AutoConfig.from_pretrained(default_checkpoint()))
+    assert stock is not None and get_response_template(None, AutoConfig.from_pretrained(plugin_dir)) == stock

@@ -156,3 +156,18 @@ def test_auto_lookups_unchanged_by_the_name_tables(checkpoint):
     assert type(AutoModelForCausalLM.from_pretrained(checkpoint)) is Qwen3ForCausalLM
     custom = AutoConfig.for_model("qwen3_custom_mask")
     assert MODEL_FOR_CAUSAL_LM_MAPPING[type(custom)] is CustomQwen3ForCausalLM
+
+
+@pytest.mark.parametrize("kind", ["lora", "ia3"])
+def test_peft_default_target_modules_are_qwen3s(checkpoint, tmp_path, kind):
+    """PEFT picks default target modules by model_type: a saved plugin checkpoint gets Qwen3's (it raised)."""
+    from peft import IA3Config, LoraConfig, get_peft_model
+    from transformers import Qwen3ForCausalLM
+
+    saved = tmp_path / "plugin"
+    CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy={"name": "sliding_window", "window": 3}).save_pretrained(saved)
+    config = {"lora": LoraConfig, "ia3": IA3Config}[kind]
+    stock = get_peft_model(Qwen3ForCausalLM.from_pretrained(checkpoint), config())
+    plugin = get_peft_model(CustomQwen3ForCausalLM.from_pretrained(saved), config())
+    assert plugin.base_model.model.config.model_type == "qwen3_custom_mask"
+    assert sorted(plugin.peft_config["default"].target_modules) == sorted(stock.peft_config["default"].target_modules)
