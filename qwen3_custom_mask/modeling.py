@@ -179,6 +179,7 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
         # Plain tuples and bools: what forward() reads stays cheap to guard under torch.compile.
         self._mask_strategy = strategy
         self._paged_checked = None  # continuous batching's refusal check, made once per strategy (paged.py)
+        self._warned_ready = None  # a foreign ready mask dict's warning, once per strategy
         self.mask_groups = tuple((s, tuple(layers)) for s, layers in groups.items())
         self.mask_strategy_is_causal = len(groups) == 1 and strategy.for_layer(0).flash_form() == {}
         self.all_layers = tuple(range(num_layers))
@@ -235,11 +236,15 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
                     f"A ready {{layer_type: mask}} attention_mask dict is used as it is, so {sorted(mask_inputs)} would "
                     f"be ignored; pass the strategy's inputs with a 2D (or no) attention_mask instead."
                 )
-            if not ours and not self.mask_strategy_is_causal:
-                raise ValueError(
-                    f"A ready {{layer_type: mask}} attention_mask dict that this model did not build would replace the "
-                    f"mask strategy {self.mask_strategy.name!r} on every layer. Pass a 4D mask (batch, 1 or heads, new "
-                    f"tokens, past + new tokens) to replace it for one call, or a 2D padding mask to keep it."
+            if not ours and not self.mask_strategy_is_causal and not torch.compiler.is_compiling() \
+                    and self._warned_ready is not self._mask_strategy:
+                # Stock's meaning (the caller's masks, as they are), said once per model and strategy: it replaces
+                # the strategy on every layer.
+                self._warned_ready = self._mask_strategy
+                logger.warning(
+                    f"A ready {{layer_type: mask}} attention_mask dict that this model did not build replaces the mask "
+                    f"strategy {self.mask_strategy.name!r} on every layer for this call (stock's meaning). Pass a 2D "
+                    f"padding mask to keep the strategy."
                 )
         else:
             if use_cache and cache is None:  # created here (not in Qwen3Model) to size the masks
