@@ -37,7 +37,10 @@ not listed. "probed" = `internals` checks it when a model is built and names it 
 | flash kwargs ``cu_seq_lens_q/k``, ``max_length_q/k``, ``is_causal``| masking         | packed documents under flash (varlen)   | GPU check  |
 | ``utils.generic.can_return_tuple``, ``merge_with_config_defaults``| modeling        | the heads' forward as stock decorates it| import     |
 | ``TrainingArguments`` checkpointing field (renamed in 5.2x)       | finetune        | the recipe's checkpointing switch       | read       |
-| ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``                             | modeling        | Trainer's label smoother shifts labels  | probed     |
+| ``MODEL_*_MAPPING_NAMES`` (the Auto name tables)                  | modeling        | Trainer's label smoother, serve: by name| tested     |
+| PEFT's ``peft.utils.constants`` model_type tables                 | modeling        | LoRA/IA3 default target modules         | tested     |
+| ``cli.serving.model_manager.ModelLoader._load_model``,            | serving         | ``qwen3-mask serve``'s loader; Qwen3's  | tested     |
+| ``cli.serving.utils._RESPONSE_TEMPLATE_FALLBACKS``                 |                 | response parser by model_type           |            |
 | ``PreTrainedModel._tied_weights_keys``                            | fsdp            | re-tie weights after FSDP2 sharding     | FSDP test  |
 | torch ``_create_sparse_block_from_block_mask``                    | lowering        | BlockMask from interval block indices   | probed     |
 | torch ``_dynamo.config.automatic_dynamic_shapes``                 | modeling        | CPU flex static shapes (torch 2.13 bug) | import     |
