@@ -315,7 +315,8 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
         # if it stood alone, as stock's builders do: inside a document, `document` is one document. Explicit
         # document_ids keep their own meaning; `bidirectional` keeps stock's is_causal: false result.
         sequences = None
-        if backend not in FLASH_BACKENDS and mask_inputs.get("document_ids") is None:
+        own_positions = strategy.places_tokens and "document_ids" not in strategy.inputs  # a draft tree's depths
+        if backend not in FLASH_BACKENDS and mask_inputs.get("document_ids") is None and not own_positions:
             sequences = packed_documents(position_ids, attention_mask, cache, batch_size)
         if sequences is not None:
             if set(strategy.inputs) - {"document_ids"}:

@@ -39,11 +39,18 @@ def test_every_python_block_of_the_page_runs_as_written(page, tmp_path, monkeypa
     blocks = python_blocks((DOCS / page).read_text())
     if not any(runs for _, runs in blocks):
         pytest.skip(f"{page} has no python block to run")
+    from qwen3_custom_mask.registry import _MASKS
+
     monkeypatch.chdir(tmp_path)
+    registered = dict(_MASKS)  # a page's own strategies (register_mask examples) leave with it
     namespace = {"__name__": f"docs_{page}"}
-    for code, runs in blocks:
-        if runs:
-            exec(compile(as_on_ci(code), str(DOCS / page), "exec"), namespace)
+    try:
+        for code, runs in blocks:
+            if runs:
+                exec(compile(as_on_ci(code), str(DOCS / page), "exec"), namespace)
+    finally:
+        _MASKS.clear()
+        _MASKS.update(registered)
 
 
 def test_a_block_that_does_not_run_says_so_on_the_page():
