@@ -48,8 +48,14 @@ def test_causal_continuous_batching_equals_stock_and_generate(engine_checkpoint,
     generate_batch returned empty token lists."""
     stock = Qwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation=backend).eval()
     custom = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation=backend).eval()
-    tokens = run_batch(custom)
-    assert tokens == run_batch(stock)
+    if not paged_layout_known() and custom.model.has_sliding_layers:
+        with pytest.raises(ValueError, match="not proven right for a config with sliding layers"):
+            run_batch(custom)
+        return
+    tokens, expected = run_batch(custom), run_batch(stock)
+    if not paged_layout_known() and expected != run_batch(stock):  # an older engine: stock's own tokens vary by schedule
+        pytest.skip("this transformers' engine gives stock different tokens from run to run (upstream)")
+    assert tokens == expected
     assert all(len(t) == 5 for t in tokens)
     if paged_layout_known():  # older engines' split prefills differ from generate() for stock too (upstream)
         assert tokens == [alone(custom, prompt) for prompt in PROMPTS]
@@ -178,5 +184,7 @@ def test_a_ready_mask_dict_the_model_did_not_build_replaces_a_strategy_only_with
 def test_an_older_engine_refuses_every_other_strategy_in_one_line(engine_checkpoint):
     model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
     model.set_mask_strategy({"name": "sliding_window", "window": 2})
-    with pytest.raises(ValueError, match="serves the 'causal' strategy only.*'sliding_window'"):
+    expected = ("not proven right for a config with sliding layers" if model.model.has_sliding_layers
+                else "serves the 'causal' strategy only.*'sliding_window'")
+    with pytest.raises(ValueError, match=expected):
         run_batch(model)
