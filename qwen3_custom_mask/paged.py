@@ -98,13 +98,13 @@ def refusal(body) -> str | None:
     return _cannot_cache(strategy, body.mask_groups, body.config.num_attention_heads, continuous_batching=True)
 
 
-def refuse_cached_look_back(body, context: dict, past: list[int], ends: list[int], device) -> None:
+def refuse_cached_look_back(body, mask_mods: list, past: list[int], ends: list[int], device) -> None:
     """Raises if a token some request already cached would see a key this forward adds: the start-up probe reads a
     bounded prefix, a strategy may look ahead only further on (a global token at position 500). Linear in the
-    cached tokens per request, like generate()'s own check."""
+    cached tokens per request, like generate()'s own check. ``mask_mods``: one per layer group, as the forward built
+    them."""
     heads = body.config.num_attention_heads
-    for group, _ in body.mask_groups:
-        mask_mod = group.mask_mod(**context)
+    for mask_mod in mask_mods:
         for r, (cached, end) in enumerate(zip(past, ends)):
             if cached == 0:
                 continue
@@ -143,7 +143,8 @@ def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) ->
                    num_heads=config.num_attention_heads, training=False, prefix_lengths=prefix)
     q_first = cu_q[:requests].tolist()
     q_lens = q_lengths.tolist()
-    refuse_cached_look_back(body, context, positions[starts].tolist(), ends.tolist(), device)
+    mask_mods = [group.mask_mod(**context) for group, _ in body.mask_groups]  # once per forward, every layer type
+    refuse_cached_look_back(body, mask_mods, positions[starts].tolist(), ends.tolist(), device)
     masks = LayerMasks()
     for layer_type in layer_types:
         template = engine_masks[layer_type]
@@ -151,11 +152,10 @@ def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) ->
         k_lengths = cu_k[layer_type].long().diff()[:requests]
         k_first = torch.cat([k_lengths.new_zeros(1), k_lengths.cumsum(0)]).tolist()
         k_starts = (ends - k_lengths).tolist()  # each request's first key position on this layer type
-        for group, layers in body.mask_groups:
+        for (group, layers), mask_mod in zip(body.mask_groups, mask_mods):
             typed = [idx for idx in layers if config.layer_types[idx] == layer_type]
             if not typed:
                 continue
-            mask_mod = group.mask_mod(**context)
             overlay = sliding_layer_overlay(group.flash_form(), config.sliding_window) if layer_type == "sliding_attention" else None
             # Block-diagonal, as the engine builds its own: each request's queries against its own keys only.
             dense = torch.zeros(1, 1, positions.numel(), kv_length, dtype=torch.bool, device=device)

@@ -150,7 +150,8 @@ def test_a_look_ahead_past_the_start_up_probe_is_refused_at_the_step_that_meets_
 
     context = dict(padding_mask=torch.ones(1, 106, dtype=torch.bool), num_heads=4, training=False)
     with pytest.raises(ValueError, match="lets a token see tokens generated after it.*cached position 100"):
-        refuse_cached_look_back(model.model, context, [105], [106], "cpu")
+        mask_mods = [group.mask_mod(**context) for group, _ in model.model.mask_groups]
+        refuse_cached_look_back(model.model, mask_mods, [105], [106], "cpu")
 
 
 @needs_layout
