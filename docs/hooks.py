@@ -22,7 +22,7 @@ GALLERY = [
 
 
 def on_pre_build(config, **kwargs):
-    from qwen3_custom_mask.draw import mask_matrix, save_png
+    from qwen3_custom_mask.cli.draw import mask_matrix, save_png
 
     out = Path(config["docs_dir"]) / "img"
     out.mkdir(exist_ok=True)

@@ -11,7 +11,7 @@ distribution, for one epoch:
             packed ahead of training across the dataset with best-fit decreasing), default --batch-size 8;
 * unpacked: the same recipe with --no-pack --strategy causal: batches of 8 examples padded to their longest.
 
---model default is the embedded default checkpoint (qwen3_custom_mask.default: 2 layers, hidden 64, Qwen3's full
+--model default is the embedded default checkpoint (qwen3_custom_mask.cli.default: 2 layers, hidden 64, Qwen3's full
 151,936-token vocabulary, so the logits dominate: the case the chunked loss is for). --model 0.6b-shaped is
 Qwen3-0.6B-shaped (hidden 1024, 16 heads, 8 KV heads, head_dim 128) with --layers layers and a --vocab
 vocabulary, saved with save_pretrained and loaded back by the script. Printed: real (non-padding) tokens trained
@@ -48,7 +48,7 @@ def make_model(path: Path, layers: int, vocab: int) -> None:
     import torch
     from transformers import Qwen3ForCausalLM
 
-    from qwen3_custom_mask.tiny import tiny_qwen3_config
+    from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
 
     torch.manual_seed(0)
     config = tiny_qwen3_config(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
@@ -81,7 +81,7 @@ def main(argv=None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.model == "default":
-            from qwen3_custom_mask.default import QWEN3_VOCAB, default_checkpoint
+            from qwen3_custom_mask.cli.default import QWEN3_VOCAB, default_checkpoint
 
             model, vocab, described = default_checkpoint(), QWEN3_VOCAB, "the embedded default (2 layers, hidden 64, vocab 151,936)"
         else:

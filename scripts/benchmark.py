@@ -5,13 +5,13 @@
 
 import sys
 
-from qwen3_custom_mask.bench_args import parse_args
-from qwen3_custom_mask.script_args import run_script
+from qwen3_custom_mask.cli.bench_args import parse_args
+from qwen3_custom_mask.cli.args import run_script
 
 
 def main(argv):
     args = parse_args(argv)  # --help and argument mistakes answer before torch is imported
-    from qwen3_custom_mask.benchmark import main as bench_main
+    from qwen3_custom_mask.cli.benchmark import main as bench_main
 
     return bench_main(args)
 

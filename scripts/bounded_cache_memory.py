@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from qwen3_custom_mask import BoundedCache, CustomQwen3ForCausalLM
-from qwen3_custom_mask.tiny import tiny_qwen3_config
+from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
 
 
 def cache_bytes(cache) -> int:

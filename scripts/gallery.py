@@ -7,7 +7,7 @@
 import argparse
 from pathlib import Path
 
-from qwen3_custom_mask.draw import VISIBLE, HIDDEN, density, mask_matrix, save_png
+from qwen3_custom_mask.cli.draw import VISIBLE, HIDDEN, density, mask_matrix, save_png
 
 DOCS = [[0, 0, 0, 1, 1, 2, 2, 2]]
 GALLERY = [

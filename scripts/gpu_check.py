@@ -31,10 +31,10 @@ import transformers
 from transformers import DynamicCache, StaticCache
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-from qwen3_custom_mask.compat import forward_cache_kwarg
-from qwen3_custom_mask.lowering import dense_mask
-from qwen3_custom_mask.reference import reference_logits
-from qwen3_custom_mask.tiny import save_tiny_checkpoint
+from qwen3_custom_mask.model.compat import forward_cache_kwarg
+from qwen3_custom_mask.strategy.lowering import dense_mask
+from qwen3_custom_mask.strategy.reference import reference_logits
+from qwen3_custom_mask.cli.tiny import save_tiny_checkpoint
 
 
 def cases(length: int):
@@ -169,7 +169,7 @@ def loss_memory(tokens: int, layers: int) -> None:
     """Peak CUDA memory of one training step (forward + backward) of a Qwen3-0.6B-shaped model (vocab 151,936,
     bf16) on `tokens` tokens (rows of 2048), stock's full-logits loss against the chunked loss (loss.py)."""
     from qwen3_custom_mask import CustomQwen3ForCausalLM
-    from qwen3_custom_mask.tiny import tiny_qwen3_config
+    from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
 
     config = tiny_qwen3_config(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
                                head_dim=128, num_hidden_layers=layers, vocab_size=151936, max_position_embeddings=40960)
@@ -192,7 +192,7 @@ def loss_memory(tokens: int, layers: int) -> None:
 
 
 def bench(budget_s: float) -> None:
-    from qwen3_custom_mask.benchmark import main as bench_main
+    from qwen3_custom_mask.cli.benchmark import main as bench_main
 
     sections = [
         ["--only", "prefill", "--lengths", "1024", "4096", "--layers", "8", "--repeats", "5", "--sparse-length", "8192"],

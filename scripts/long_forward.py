@@ -20,8 +20,8 @@ def worker(args):
     from transformers import Qwen3ForCausalLM
 
     from qwen3_custom_mask import CustomQwen3ForCausalLM
-    from qwen3_custom_mask.benchmark import PeakMemory, mask_bytes
-    from qwen3_custom_mask.tiny import tiny_qwen3_config
+    from qwen3_custom_mask.cli.bench_timing import PeakMemory, mask_bytes
+    from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
 
     config = tiny_qwen3_config(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
                                head_dim=128, num_hidden_layers=args.layers, vocab_size=32768, initializer_range=0.02,

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from transformers.utils import logging as hf_logging
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-from qwen3_custom_mask.tiny import save_tiny_checkpoint
+from qwen3_custom_mask.cli.tiny import save_tiny_checkpoint
 
 # torch 2.13's CPU inductor miscompiles flex_attention once it recompiles with dynamic shapes
 # (C++ error "cur_qSplitSize4 was not declared"); static shapes compile fine. See README, "Known limits".

@@ -6,7 +6,7 @@ The batch is 2 x 12 tokens; sample 0 has 3 pads on the left. The tiny model has 
 import torch
 from transformers.masking_utils import and_masks
 
-from qwen3_custom_mask.reference import reference_logits, reference_mask
+from qwen3_custom_mask.strategy.reference import reference_logits, reference_mask
 
 # Document ids cover the whole row (pads belong to the first document of sample 0).
 DOCUMENTS = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2], [0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2]])

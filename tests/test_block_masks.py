@@ -6,7 +6,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 from transformers import StaticCache
 
 from qwen3_custom_mask import resolve_strategy
-from qwen3_custom_mask.lowering import BLOCK, block_mask
+from qwen3_custom_mask.strategy.lowering import BLOCK, block_mask
 
 STRUCTURED = [
     ("causal", {}),

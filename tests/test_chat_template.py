@@ -3,7 +3,7 @@
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from qwen3_custom_mask.tokenizer import CHAT_TEMPLATE
+from qwen3_custom_mask.cli.tokenizer import CHAT_TEMPLATE
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-from qwen3_custom_mask.masking import layer_mask
+from qwen3_custom_mask.model.masking import layer_mask
 
 from conftest import left_padded
 

@@ -100,7 +100,7 @@ def test_cuda_on_a_cpu_machine_is_one_line(home):
 def test_finetune_mistakes_are_one_line_and_its_log_is_shown(home, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "hello world"}\n' * 8)
-    from qwen3_custom_mask.default import default_checkpoint
+    from qwen3_custom_mask.cli.default import default_checkpoint
 
     model = default_checkpoint(home)
     proc = cli("finetune", "--model", model, "--data", data, "--attn", "flex_attention", "--cpu", home=home, check=False)
@@ -195,7 +195,7 @@ def test_recipes_by_name_from_any_folder(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "qwen3_custom_mask.cli", "finetune", "--list-recipes"], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     assert listed.returncode == 0 and "packed_sft" in listed.stdout and "'name': 'document'" in listed.stdout
-    from qwen3_custom_mask.recipes import recipe_path
+    from qwen3_custom_mask.strategy.presets import recipe_path
     from qwen3_custom_mask.strategy import resolve_strategy
 
     old = os.getcwd()
@@ -235,7 +235,7 @@ def test_demo_is_the_readme_main_job(home):
 
 
 def test_embedded_tokenizer_is_qwen3():
-    from qwen3_custom_mask.tokenizer import qwen3_tokenizer
+    from qwen3_custom_mask.cli.tokenizer import qwen3_tokenizer
 
     tok = qwen3_tokenizer()
     assert tok("Hello world!")["input_ids"] == [9707, 1879, 0]  # as Qwen/Qwen3-* tokenize it

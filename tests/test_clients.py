@@ -11,11 +11,11 @@ import torch
 from datasets import Dataset
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-from qwen3_custom_mask.default import default_checkpoint
+from qwen3_custom_mask.cli.default import default_checkpoint
 
 trl = pytest.importorskip("trl")  # in the test extra; skipped where a user's stack lacks it
 
-WARNS = "qwen3_custom_mask.modeling"
+WARNS = "qwen3_custom_mask.model.body"
 
 
 @pytest.fixture(scope="module")

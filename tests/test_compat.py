@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import DynamicCache, Qwen3ForCausalLM, StaticCache, Qwen3Model, masking_utils
 
-from qwen3_custom_mask import CustomQwen3ForCausalLM, CustomQwen3Model, compat, masking
-from qwen3_custom_mask.stackcheck import selfcheck
+from qwen3_custom_mask import CustomQwen3ForCausalLM, CustomQwen3Model
+from qwen3_custom_mask.model import compat, masking
+from qwen3_custom_mask.cli.selfcheck import selfcheck
 
 from conftest import left_padded
 
@@ -27,8 +28,8 @@ def spy_build_masks(monkeypatch):
         return real(body, inputs_embeds, attention_mask, cache, *args, **kwargs)
 
     monkeypatch.setattr(masking, "build_masks", spy)
-    import qwen3_custom_mask.modeling as modeling
-    import qwen3_custom_mask.generation as generation
+    import qwen3_custom_mask.model.body as modeling
+    import qwen3_custom_mask.model.generation as generation
 
     monkeypatch.setattr(modeling, "build_masks", spy)
     monkeypatch.setattr(generation, "build_masks", spy)
@@ -107,7 +108,7 @@ def test_a_moved_hook_refuses_to_build_a_model(monkeypatch):
     compat.internals.cache_clear()
     try:
         with pytest.raises(RuntimeError, match=r"create_causal_mask requires \['cache_position'\].*tested with transformers"):
-            CustomQwen3Model(__import__("qwen3_custom_mask.tiny", fromlist=["x"]).tiny_qwen3_config())
+            CustomQwen3Model(__import__("qwen3_custom_mask.cli.tiny", fromlist=["x"]).tiny_qwen3_config())
     finally:
         monkeypatch.undo()
         compat.internals.cache_clear()
@@ -130,10 +131,10 @@ def test_a_forward_without_a_cache_argument_is_named(monkeypatch):
 def test_untested_notice_is_said_once_where_a_model_is_built(monkeypatch, caplog, checkpoint):
     monkeypatch.setattr(compat, "transformers_version", lambda: "5.99.0")
     monkeypatch.setattr(compat, "_notice", {"muted": False, "said": False})
-    with caplog.at_level(logging.WARNING, logger="qwen3_custom_mask.compat"):
+    with caplog.at_level(logging.WARNING, logger="qwen3_custom_mask.model.compat"):
         CustomQwen3ForCausalLM.from_pretrained(checkpoint)
         CustomQwen3ForCausalLM.from_pretrained(checkpoint)
-    notes = [r.getMessage() for r in caplog.records if r.name == "qwen3_custom_mask.compat"]
+    notes = [r.getMessage() for r in caplog.records if r.name == "qwen3_custom_mask.model.compat"]
     assert len(notes) == 1, notes
     assert f"{compat.TESTED[0]} to {compat.TESTED[1]}" in notes[0] and "5.99.0" in notes[0] and "qwen3-mask selfcheck" in notes[0]
 
@@ -221,7 +222,7 @@ def test_selfcheck_passes_here_and_fails_on_a_wrong_mask(monkeypatch):
     def forgetful(body, inputs_embeds, attention_mask, cache, *args, **kwargs):
         return real(body, inputs_embeds, attention_mask, None if cache is None else DynamicCache(), *args, **kwargs)
 
-    import qwen3_custom_mask.modeling as modeling
+    import qwen3_custom_mask.model.body as modeling
 
     monkeypatch.setattr(modeling, "build_masks", forgetful)
     out = io.StringIO()

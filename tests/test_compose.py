@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, resolve_strategy
-from qwen3_custom_mask.draw import mask_matrix
+from qwen3_custom_mask.cli.draw import mask_matrix
 
 from conftest import left_padded
 

@@ -11,8 +11,8 @@ import torch
 from transformers import GenerationConfig, Qwen3ForCausalLM
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-from qwen3_custom_mask.compat import paged_layout_known
-from qwen3_custom_mask.tiny import save_tiny_checkpoint
+from qwen3_custom_mask.model.compat import paged_layout_known
+from qwen3_custom_mask.cli.tiny import save_tiny_checkpoint
 
 if not hasattr(Qwen3ForCausalLM, "generate_batch"):
     pytest.skip("this transformers has no continuous batching", allow_module_level=True)
@@ -146,7 +146,7 @@ def test_a_look_ahead_past_the_start_up_probe_is_refused_at_the_step_that_meets_
     out = model.generate_batch(inputs=[list(range(1, 106))], generation_config=config,
                                continuous_batching_config=small_engine(budget=128), warmup=False)
     assert all(out[key].generated_tokens in ([], None) or len(out[key].generated_tokens) < 3 for key in out)
-    from qwen3_custom_mask.paged import refuse_cached_look_back
+    from qwen3_custom_mask.model.paged import refuse_cached_look_back
 
     context = dict(padding_mask=torch.ones(1, 106, dtype=torch.bool), num_heads=4, training=False)
     with pytest.raises(ValueError, match="lets a token see tokens generated after it.*cached position 100"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import qwen3_custom_mask
-from qwen3_custom_mask.default import default_checkpoint
+from qwen3_custom_mask.cli.default import default_checkpoint
 
 DOCS = Path(__file__).parent.parent / "docs"
 PAGES = sorted(p.name for p in DOCS.glob("*.md") if p.name != "clients.md") + ["../README.md"]
@@ -39,7 +39,7 @@ def test_every_python_block_of_the_page_runs_as_written(page, tmp_path, monkeypa
     blocks = python_blocks((DOCS / page).read_text())
     if not any(runs for _, runs in blocks):
         pytest.skip(f"{page} has no python block to run")
-    from qwen3_custom_mask.registry import _MASKS
+    from qwen3_custom_mask.strategy.registry import _MASKS
 
     monkeypatch.chdir(tmp_path)
     registered = dict(_MASKS)  # a page's own strategies (register_mask examples) leave with it

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qwen3_custom_mask.draw import density, draw_ascii, draw_png, mask_matrix
+from qwen3_custom_mask.cli.draw import density, draw_ascii, draw_png, mask_matrix
 
 from test_masks import DRAWN, drawing
 
@@ -17,7 +17,7 @@ def test_ascii_drawing_is_the_docstring_drawing(spec, inputs, module):
 
 
 def test_png_cells_follow_the_mask_with_a_title_and_labels(tmp_path):
-    from qwen3_custom_mask.draw import png_cell_box
+    from qwen3_custom_mask.cli.draw import png_cell_box
 
     path = tmp_path / "sinks.png"
     spec = {"name": "attention_sinks", "sinks": 1, "window": 3}

@@ -29,9 +29,9 @@ from qwen3_custom_mask import (
     CustomQwen3ForTokenClassification,
     CustomQwen3Model,
 )
-from qwen3_custom_mask.export import export_stock
-from qwen3_custom_mask.reference import reference_mask
-from qwen3_custom_mask.tiny import save_tiny_checkpoint, tiny_qwen3_config
+from qwen3_custom_mask.serving.export import export_stock
+from qwen3_custom_mask.strategy.reference import reference_mask
+from qwen3_custom_mask.cli.tiny import save_tiny_checkpoint, tiny_qwen3_config
 
 from conftest import CONFIGS, left_padded
 from strategies import CACHEABLE, CASES, expected_logits
@@ -249,7 +249,7 @@ def test_embeddings_through_automodel_and_sentence_transformers(tmp_path):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     from transformers import AutoTokenizer
 
-    from qwen3_custom_mask.default import default_checkpoint
+    from qwen3_custom_mask.cli.default import default_checkpoint
 
     source = default_checkpoint()
     CustomQwen3ForCausalLM.from_pretrained(source, mask_strategy="bidirectional").save_pretrained(tmp_path)
@@ -299,7 +299,7 @@ def test_export_writes_every_runtimes_flags_and_legacy_fields_that_agree(checkpo
     """is_causal and use_bidirectional_attention (text-embeddings-inference); use_sliding_window and
     max_window_layers such that Qwen3Config rebuilt without layer_types gives the same layers."""
     model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy=spec)
-    with caplog.at_level("WARNING", logger="qwen3_custom_mask.export"):
+    with caplog.at_level("WARNING", logger="qwen3_custom_mask.serving.export"):
         export_stock(model, tmp_path)
     written = json.loads((tmp_path / "config.json").read_text())
     bidirectional = spec == "bidirectional"
@@ -356,7 +356,7 @@ def test_a_document_checkpoint_works_as_saved_and_exports_its_direction(checkpoi
         assert torch.equal(model.generate(ids, **kwargs), stock.generate(ids, **kwargs))
         from transformers import AutoTokenizer
 
-        from qwen3_custom_mask.default import default_checkpoint
+        from qwen3_custom_mask.cli.default import default_checkpoint
 
         path = default_checkpoint()  # the real Qwen3 tokenizer and vocabulary
         tokenizer = AutoTokenizer.from_pretrained(path)

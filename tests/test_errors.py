@@ -5,7 +5,7 @@ import torch
 from transformers import StaticCache
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, register_mask, resolve_strategy
-from qwen3_custom_mask.masking import layer_mask
+from qwen3_custom_mask.model.masking import layer_mask
 
 from conftest import left_padded
 from test_registry import scratch_names  # noqa: F401  (fixture)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, resolve_strategy
-from qwen3_custom_mask.training import MNTPCollator, PrefixLMCollator, collator_for
+from qwen3_custom_mask.training.collators import MNTPCollator, PrefixLMCollator, collator_for
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "scripts" / "finetune.py"
@@ -83,7 +83,7 @@ def train_loss(log: str) -> str:
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory, data):
     """The reference: one process, Trainer, global batch 4, packed rows, the document strategy."""
-    from qwen3_custom_mask.default import default_checkpoint
+    from qwen3_custom_mask.cli.default import default_checkpoint
 
     folder = tmp_path_factory.mktemp("one-process")
     model = default_checkpoint(folder / "embedded")  # the embedded default (real Qwen3 vocabulary, 2 layers)

@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from transformers import DynamicCache, GenerationConfig, StaticCache, Trainer, TrainingArguments, default_data_collator
 
 from qwen3_custom_mask import BoundedCache, resolve_strategy, verify_draft_tree
-from qwen3_custom_mask.reference import reference_mask
+from qwen3_custom_mask.strategy.reference import reference_mask
 
 from strategies import expected_logits
 
@@ -368,7 +368,7 @@ STRUCTURED_SPECS = st.recursive(STRUCTURED, lambda inner: st.one_of(
 @settings(max_examples=CASES["blocks"], **PROFILE)
 @given(spec=STRUCTURED_SPECS, data=st.data())
 def test_fuzz_flex_blocks_from_structure(spec, data):
-    from qwen3_custom_mask.lowering import block_mask
+    from qwen3_custom_mask.strategy.lowering import block_mask
 
     from test_block_masks import dense_blocks
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qwen3_custom_mask.reference import reference_logits, reference_mask
+from qwen3_custom_mask.strategy.reference import reference_logits, reference_mask
 from qwen3_custom_mask.masks.user_mask import user_mask
 
 from conftest import left_padded

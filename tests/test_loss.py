@@ -8,9 +8,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-from qwen3_custom_mask.loss import chunked_causal_lm_loss
-from qwen3_custom_mask.packing import pack_examples
-from qwen3_custom_mask.training import CausalLMCollator, MNTPCollator, PrefixLMCollator
+from qwen3_custom_mask.model.loss import chunked_causal_lm_loss
+from qwen3_custom_mask.training.packing import pack_examples
+from qwen3_custom_mask.training.collators import CausalLMCollator, MNTPCollator, PrefixLMCollator
 
 
 def examples(lengths, seed=0):
@@ -196,7 +196,7 @@ def test_a_wrapped_head_takes_the_full_logits_loss(checkpoint, tmp_path, caplog)
     """LoRA on lm_head (untied head): reading lm_head.weight would train without the adapter, so the plain loss."""
     from peft import LoraConfig, get_peft_model
 
-    from qwen3_custom_mask.tiny import save_tiny_checkpoint
+    from qwen3_custom_mask.cli.tiny import save_tiny_checkpoint
 
     path = save_tiny_checkpoint(tmp_path / "untied", tie_word_embeddings=False)
     strategy, batch = BATCHES["causal_lm"]

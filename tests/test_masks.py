@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from qwen3_custom_mask import resolve_strategy
-from qwen3_custom_mask.lowering import dense_mask, eager_float_mask, reads_head
-from qwen3_custom_mask.reference import reference_mask
+from qwen3_custom_mask.strategy.lowering import dense_mask, eager_float_mask, reads_head
+from qwen3_custom_mask.strategy.reference import reference_mask
 
 # strategy spec, per-call inputs, module whose docstring draws that exact 5x5 mask
 DRAWN = [

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-from qwen3_custom_mask.packing import IGNORE_INDEX, PackingCollator, pack_examples
+from qwen3_custom_mask.training.packing import IGNORE_INDEX, PackingCollator, pack_examples
 
 DOCS = [list(range(10, 15)), list(range(40, 47)), list(range(90, 93)), list(range(120, 129)), list(range(200, 204))]
 
@@ -33,7 +33,7 @@ def test_own_labels_are_kept_and_overflow_is_explicit():
 
 
 def test_best_fit_decreasing_fills_rows():
-    from qwen3_custom_mask.packing import best_fit_decreasing
+    from qwen3_custom_mask.training.packing import best_fit_decreasing
 
     packed = pack_examples({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8], [9]]}, max_length=6, pad_token_id=0)
     assert packed["input_ids"] == [[1, 2, 3, 6, 7, 8], [4, 5, 9, 0, 0, 0]]  # in order would need 3 rows

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import DynamicCache, StaticCache
 
-from qwen3_custom_mask import compat
-from qwen3_custom_mask.reference import reference_logits, reference_mask
+from qwen3_custom_mask.model import compat
+from qwen3_custom_mask.strategy.reference import reference_logits, reference_mask
 
 from conftest import BACKENDS, CONFIGS, left_padded
 from strategies import CACHEABLE, CASES, expected_logits, step_inputs

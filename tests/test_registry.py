@@ -6,9 +6,9 @@ import textwrap
 import pytest
 import torch
 
-import qwen3_custom_mask.registry as registry
+import qwen3_custom_mask.strategy.registry as registry
 from qwen3_custom_mask import available_masks, get_mask, register_mask, resolve_strategy, unregister_mask
-from qwen3_custom_mask.reference import reference_logits, reference_mask
+from qwen3_custom_mask.strategy.reference import reference_logits, reference_mask
 
 from conftest import left_padded
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM, register_mask, unregister_mask
-from qwen3_custom_mask.masking import layer_mask
-from qwen3_custom_mask.reference import reference_logits, reference_mask
+from qwen3_custom_mask.model.masking import layer_mask
+from qwen3_custom_mask.strategy.reference import reference_logits, reference_mask
 
 from conftest import BACKENDS, left_padded
 
@@ -97,7 +97,7 @@ def test_unregistering_or_replacing_a_strategy_does_not_change_a_built_model(che
         unregister_mask("reliability_window")
         assert torch.equal(model(ids, attention_mask=mask).logits, before)
     finally:
-        from qwen3_custom_mask.registry import _MASKS
+        from qwen3_custom_mask.strategy.registry import _MASKS
 
         _MASKS.pop("reliability_window", None)
 
@@ -139,7 +139,7 @@ def test_save_load_save_is_byte_identical(checkpoint, tmp_path, spec):
 
 def test_a_plain_qwen3_config_keeps_its_attention_backend():
     """CustomQwen3ForCausalLM(Qwen3Config) converts the config without losing attn_implementation."""
-    from qwen3_custom_mask.tiny import tiny_qwen3_config
+    from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
 
     for backend in ("eager", "sdpa", "flex_attention"):
         config = tiny_qwen3_config()
@@ -150,7 +150,7 @@ def test_a_plain_qwen3_config_keeps_its_attention_backend():
 @torch.no_grad()
 def test_8192_token_forward_builds_one_mask_for_all_layers(checkpoint, monkeypatch):
     """A long CPU forward with a custom strategy lowers the mask once and hands the same object to every layer."""
-    import qwen3_custom_mask.masking as modeling
+    import qwen3_custom_mask.model.masking as modeling
 
     model = CustomQwen3ForCausalLM.from_pretrained(
         checkpoint, attn_implementation="sdpa", mask_strategy={"name": "sliding_window", "window": 1024}, max_position_embeddings=8192

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-from qwen3_custom_mask.default import default_checkpoint
-from qwen3_custom_mask.serving import missing_serving_packages
+from qwen3_custom_mask.cli.default import default_checkpoint
+from qwen3_custom_mask.serving.server import missing_serving_packages
 
 if missing_serving_packages():
     pytest.skip(f"serving packages missing: {missing_serving_packages()}", allow_module_level=True)
@@ -147,7 +147,7 @@ def test_the_server_parses_chat_answers_as_for_stock_qwen3(plugin_dir):
     from transformers import AutoConfig
     from transformers.cli.serving.utils import get_response_template
 
-    from qwen3_custom_mask.serving import register_with_server
+    from qwen3_custom_mask.serving.server import register_with_server
 
     register_with_server()
     stock = get_response_template(None, AutoConfig.from_pretrained(default_checkpoint()))

@@ -7,7 +7,7 @@ from transformers import Qwen3ForCausalLM
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
 
-from qwen3_custom_mask.tiny import save_tiny_checkpoint
+from qwen3_custom_mask.cli.tiny import save_tiny_checkpoint
 
 from conftest import BACKENDS, left_padded
 

@@ -7,10 +7,10 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-from qwen3_custom_mask.finetune import with_prompt_columns
-from qwen3_custom_mask.packing import pack_examples
-from qwen3_custom_mask.reference import reference_logits, reference_mask
-from qwen3_custom_mask.training import CausalLMCollator, PrefixLMCollator
+from qwen3_custom_mask.training.finetune import with_prompt_columns
+from qwen3_custom_mask.training.packing import pack_examples
+from qwen3_custom_mask.strategy.reference import reference_logits, reference_mask
+from qwen3_custom_mask.training.collators import CausalLMCollator, PrefixLMCollator
 
 
 def packed_rows(continuous_positions: bool) -> Dataset:

@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 from qwen3_custom_mask import verify_draft_tree
 from qwen3_custom_mask.masks.tree import ancestor_matrix
-from qwen3_custom_mask.reference import reference_logits, reference_mask
+from qwen3_custom_mask.strategy.reference import reference_logits, reference_mask
 
 from conftest import BACKENDS, left_padded
 from strategies import CASES

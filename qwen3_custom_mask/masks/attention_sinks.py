@@ -14,7 +14,7 @@ Sinks are the first real tokens of each row (left padding is skipped). A query n
 """
 
 from ._checks import at_batch, first_real_token, non_negative_int, positive_int, row_starts
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 def _intervals(sinks=4, window=4096, padding_mask=None):

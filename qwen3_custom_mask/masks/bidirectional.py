@@ -11,7 +11,7 @@ Earlier tokens see later ones, so a KV cache built at prefill cannot honour it: 
 unless ``use_cache=False``.
 """
 
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 EVERY_KEY = 2**62

@@ -8,7 +8,7 @@
       4   ■ ■ ■ ■ ■
 """
 
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 def _intervals():

@@ -13,7 +13,7 @@ Chunks are counted from each row's first real token, so left padding does not mo
 """
 
 from ._checks import at_batch, first_real_token, positive_int, row_starts
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 def _intervals(chunk_size=8192, padding_mask=None):

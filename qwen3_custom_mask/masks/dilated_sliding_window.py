@@ -13,7 +13,7 @@
 """
 
 from ._checks import positive_int
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 @register_mask("dilated_sliding_window")

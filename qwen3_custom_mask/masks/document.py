@@ -24,7 +24,7 @@ generate() takes the prompt's ids and extends them itself: generated tokens cont
 
 from __future__ import annotations
 
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 def document_ids_of(document_ids, position_ids, padding_mask, sequence_length=None, training=True) -> torch.Tensor:

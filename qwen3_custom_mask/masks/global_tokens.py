@@ -17,7 +17,7 @@ cache cannot honour it, so generate() asks for use_cache=False).
 from __future__ import annotations
 
 from ._checks import at_batch, first_real_token, non_negative_int, positive_int
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 @register_mask("global_tokens")

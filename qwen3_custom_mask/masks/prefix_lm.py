@@ -16,7 +16,7 @@ Cache-consistent as long as the prefix lies inside the prompt, so generate() hon
 from __future__ import annotations
 
 from ._checks import checking_values, per_sample_lengths
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 def _prefix_end(prefix_lengths, padding_mask):

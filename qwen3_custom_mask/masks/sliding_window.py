@@ -18,7 +18,7 @@ A query sees at most ``window`` keys, so generation can run with a `BoundedCache
 from __future__ import annotations
 
 from ._checks import positive_int
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 def _flash(window):

@@ -20,7 +20,7 @@ See `qwen3_custom_mask.speculative.verify_draft_tree` for the verification step 
 
 from __future__ import annotations
 
-from ..registry import register_mask
+from ..strategy.registry import register_mask
 
 
 def parent_indices(matrix: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,9 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .compat import forward_cache_kwarg
-from .lowering import dense_mask
+from ..strategy.lowering import dense_mask
 from .masking import lower_dense_masks, sliding_layer_overlay
-from .masks.tree import ancestor_matrix, parent_indices
+from ..masks.tree import ancestor_matrix, parent_indices
 
 
 @dataclass

@@ -18,9 +18,9 @@ not listed. "probed" = `internals` checks it when a model is built and names it 
 
 | internal                                                          | where           | why                                     | check      |
 |-------------------------------------------------------------------|-----------------|-----------------------------------------|------------|
-| the cache keyword (``cache`` / ``past_key_values``) of             | modeling,       | hand the cache on under the name the    | probed     |
+| the cache keyword (``cache`` / ``past_key_values``) of             | body, heads,    | hand the cache on under the name the    | probed     |
 | ``Qwen3Model.forward``, the mask builders, generate's hooks       | masking, gen.   | installed version reads                 |            |
-| ``Qwen3Model.forward`` uses a ready ``{layer_type: mask}`` dict   | modeling        | the body's masks reach stock's layers   | selfcheck  |
+| ``Qwen3Model.forward`` uses a ready ``{layer_type: mask}`` dict   | body            | the body's masks reach stock's layers   | selfcheck  |
 | decoder layers forward ``**kwargs`` to the attention function     | masking         | per-layer masks/kwargs (pre-hook)       | probed     |
 | ``GenerationMixin._prepare_position_ids_for_generation``          | generation      | documents: the prompt's own positions   | probed     |
 | ``GenerationMixin._validate_model_kwargs``                        | generation      | registered strategies' per-call inputs  | probed     |
@@ -29,21 +29,21 @@ not listed. "probed" = `internals` checks it when a model is built and names it 
 | is_first_iteration)`` keyword names                               |                 |                                         |            |
 | ``Cache.get_mask_sizes(query_length, layer_idx)`` -> (len, offset)| masking         | masks sized per layer type              | probed     |
 | ``config._attn_implementation``                                   | masking         | which lowering (stock's own convention) | probed     |
-| ``Qwen3Attention.sliding_window`` / ``.layer_type``               | modeling        | flash reads the window off the module   | probed     |
-| ``CausalLMOutputWithPast``'s cache field name                     | modeling        | the chunked loss's output               | read       |
+| ``Qwen3Attention.sliding_window`` / ``.layer_type``               | body            | flash reads the window off the module   | probed     |
+| ``CausalLMOutputWithPast``'s cache field name                     | heads           | the chunked loss's output               | read       |
 | ``DynamicLayer`` (``lazy_initialization``, ``keys``, ``values``)  | cache           | BoundedCache's layers                   | probed     |
 | continuous batching's packed layout (``cu_seq_lens_q/k``,          | paged           | a strategy's masks for the engine       | probed     |
 | ``position_ids``, ``PagedAttentionCache.update(..., kwargs)``)     |                 | (older layouts: causal only)            |            |
 | flash kwargs ``cu_seq_lens_q/k``, ``max_length_q/k``, ``is_causal``| masking         | packed documents under flash (varlen)   | GPU check  |
-| ``utils.generic.can_return_tuple``, ``merge_with_config_defaults``| modeling        | the heads' forward as stock decorates it| import     |
+| ``utils.generic.can_return_tuple``, ``merge_with_config_defaults``| body, heads     | the heads' forward as stock decorates it| import     |
 | ``TrainingArguments`` checkpointing field (renamed in 5.2x)       | finetune        | the recipe's checkpointing switch       | read       |
-| ``MODEL_*_MAPPING_NAMES`` (the Auto name tables)                  | modeling        | Trainer's label smoother, serve: by name| tested     |
-| PEFT's ``peft.utils.constants`` model_type tables                 | modeling        | LoRA/IA3 default target modules         | tested     |
-| ``cli.serving.model_manager.ModelLoader._load_model``,            | serving         | ``qwen3-mask serve``'s loader; Qwen3's  | tested     |
+| ``MODEL_*_MAPPING_NAMES`` (the Auto name tables)                  | heads           | Trainer's label smoother, serve: by name| tested     |
+| PEFT's ``peft.utils.constants`` model_type tables                 | body            | LoRA/IA3 default target modules         | tested     |
+| ``cli.serving.model_manager.ModelLoader._load_model``,            | serving.server  | ``qwen3-mask serve``'s loader; Qwen3's  | tested     |
 | ``cli.serving.utils._RESPONSE_TEMPLATE_FALLBACKS``                 |                 | response parser by model_type           |            |
 | ``PreTrainedModel._tied_weights_keys``                            | fsdp            | re-tie weights after FSDP2 sharding     | FSDP test  |
 | torch ``_create_sparse_block_from_block_mask``                    | lowering        | BlockMask from interval block indices   | probed     |
-| torch ``_dynamo.config.automatic_dynamic_shapes``                 | modeling        | CPU flex static shapes (torch 2.13 bug) | import     |
+| torch ``_dynamo.config.automatic_dynamic_shapes``                 | body            | CPU flex static shapes (torch 2.13 bug) | import     |
 
 Replaced by public API (5.25 pass): ``GenerationMixin._prepare_generation_config`` (-> ``GenerationConfig.update``).
 """
@@ -80,7 +80,7 @@ def untested_notice() -> str | None:
     """What to tell a user whose transformers lies outside `TESTED` (None inside it); torch-free."""
     try:
         installed = transformers_version()
-    except Exception:  # not installed: the import of modeling.py says so
+    except Exception:  # not installed: the import of model/ says so
         return None
     inside = _release(TESTED[0]) <= _release(installed) <= _release(TESTED[1])
     if inside and os.environ.get("QWEN3_MASK_ASSUME_UNTESTED", "") in ("", "0"):

@@ -1,122 +1,29 @@
-"""Fine-tuning with a custom attention mask (HF Trainer; full or LoRA): `scripts/finetune.py`, `qwen3-mask finetune`.
-
-    # packed SFT, no attention across examples (recipe: configs/packed_sft.yaml)
-    python scripts/finetune.py --model Qwen/Qwen3-0.6B --recipe configs/packed_sft.yaml --data train.jsonl --output-dir out
-
-    # LLM2Vec-style bidirectional MNTP with LoRA
-    python scripts/finetune.py --model Qwen/Qwen3-0.6B --recipe configs/bidirectional_llm2vec.yaml --data wiki.txt --lora
-
-    # several GPUs (DDP), unchanged script
-    accelerate launch --multi_gpu --num_processes 8 scripts/finetune.py ...    # or: torchrun --nproc_per_node 8 ...
-
-    # FSDP2: every decoder layer sharded with PyTorch's fully_shard (bf16 mixed precision on GPU), same launchers
-    torchrun --nproc_per_node 8 scripts/finetune.py ... --fsdp [--gradient-checkpointing]
-
-Data: a local .json/.jsonl/.txt file or a `datasets` hub name, with a ``text`` column (or --text-field), or
-``prompt`` + ``completion`` columns (labels on the completion only), or pre-tokenized ``input_ids`` (optional
-``prompt_length``). The strategy comes from --strategy (a name, a JSON spec, or a configs/ file) or the
-recipe's ``mask_strategy``; the recipe's ``training`` section sets the objective (causal_lm, prefix_lm_sft,
-mntp), packing and max length, and command-line flags override it. The saved checkpoint's config.json records
-the strategy, so ``from_pretrained(output_dir)`` brings it back.
+"""The fine-tuning recipe behind `qwen3-mask finetune` and `scripts/finetune.py` (arguments: cli/finetune.py):
+load the checkpoint, set the strategy, tokenize (and pack) the data, train with HF Trainer (full or LoRA) or
+FSDP2 (fsdp.py), save a plugin checkpoint whose config.json records the strategy, and check it reloads with it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import re
-import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from qwen3_custom_mask.recipes import OBJECTIVES, describe, recipe_path
-from qwen3_custom_mask.script_args import OneLineParser, run_script
+if TYPE_CHECKING:
+    from .collators import CountingCollator
 
-# torch, transformers and the model code are imported by main() once the arguments are checked: `--help`, a
-# missing --model or --data answer in a fraction of a second, not after seconds of imports.
-IGNORE_INDEX = -100  # == qwen3_custom_mask.packing.IGNORE_INDEX
+IGNORE_INDEX = -100  # == packing.IGNORE_INDEX (this module imports torch only inside train())
 
 logger = logging.getLogger("finetune")
-
-
-def parse_args(argv=None):
-    prog = "qwen3-mask finetune" if os.path.basename(sys.argv[0] if sys.argv else "") == "qwen3-mask" else None
-    parser = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint directory or hub id (official Qwen3 layout); required")
-    parser.add_argument("--data", help="local .json/.jsonl/.txt file or a datasets hub name; required")
-    parser.add_argument("--recipe", help="a shipped recipe by name (packed_sft, prefix_lm, ...; see --list-recipes) "
-                                         "or a .yaml file: mask_strategy + training defaults")
-    parser.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
-    parser.add_argument("--strategy", help="mask strategy: a name, a JSON spec, or a .json/.yaml file (overrides the recipe)")
-    parser.add_argument("--objective", choices=OBJECTIVES, help="training objective (default: from the recipe, else causal_lm)")
-    parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None, help="pack examples into rows (document strategy)")
-    parser.add_argument("--max-length", type=int, help="row / example length in tokens (default: recipe, else 1024)")
-    parser.add_argument("--mask-probability", type=float, help="mntp: fraction of tokens masked")
-    parser.add_argument("--loss-chunk-size", type=int, help="tokens per chunk of the loss computed without the full "
-                                                              "logits (default: recipe, else 512; 0: stock's full logits)")
-    parser.add_argument("--text-field", default="text")
-    parser.add_argument("--tokenizer", help="tokenizer path (default: the model's)")
-    parser.add_argument("--output-dir", default="finetuned")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--max-steps", type=int, default=-1)
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per device per step")
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--attn", default="sdpa", help="attn_implementation: eager, sdpa, flex_attention (GPU), flash_attention_2")
-    parser.add_argument("--lora", action="store_true", help="train LoRA adapters (PEFT) and merge them into the saved model")
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--lora-alpha", type=int, default=32)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on where the GPU supports it")
-    parser.add_argument("--fsdp", action="store_true",
-                        help="shard with FSDP2 (fully_shard per Qwen3DecoderLayer) across the launched processes")
-    parser.add_argument("--data-order", choices=["random", "sequential"], default="random",
-                        help="example order (sequential: the same global batches for any number of processes)")
-    parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--logging-steps", type=int, default=10)
-    args = parser.parse_args(argv)
-    if args.list_recipes:
-        print(describe())
-        raise SystemExit(0)
-    for flag in ("model", "data"):
-        if not getattr(args, flag):
-            parser.error(f"the following arguments are required: --{flag}")
-    return args
-
-
-def looks_local(text: str) -> bool:
-    """A path rather than a hub id: absolute, ./ or ~, a file suffix, or not of the form ``owner/name``."""
-    return (os.path.isabs(text) or text.startswith((".", "~")) or Path(text).suffix in (".json", ".jsonl", ".txt", ".yaml")
-            or re.fullmatch(r"[\w.-]+/[\w.-]+", text) is None)
-
-
-def check_args(args) -> None:
-    """Mistakes that need no model answer before anything heavy is imported; a local-looking path that does not
-    exist is never tried on the Hub."""
-    model = os.path.expanduser(args.model)
-    if (looks_local(args.model) or os.path.exists(model)) and not os.path.isfile(os.path.join(model, "config.json")):
-        what = "no such folder" if not os.path.isdir(model) else "the folder has no config.json"
-        raise SystemExit(f"error: --model {args.model}: {what} (a checkpoint folder, or a hub id like Qwen/Qwen3-0.6B)")
-    data = os.path.expanduser(args.data)
-    if looks_local(args.data) and not os.path.isfile(data):
-        raise SystemExit(f"error: --data {args.data}: no such file (a local .json/.jsonl/.txt file, or a datasets hub name like owner/name)")
-    if args.loss_chunk_size is not None and args.loss_chunk_size < 0:
-        raise SystemExit(f"error: --loss-chunk-size {args.loss_chunk_size}: a number of tokens (e.g. 512), or 0 for stock's full logits")
-    if args.recipe:
-        try:
-            args.recipe = str(recipe_path(args.recipe))
-        except FileNotFoundError as err:
-            raise SystemExit(f"error: {err}") from None
 
 
 def load_recipe(args):
     import yaml
 
-    from qwen3_custom_mask.loss import DEFAULT_CHUNK_SIZE
-    from qwen3_custom_mask.strategy import resolve_strategy
+    from ..model.loss import DEFAULT_CHUNK_SIZE
+    from ..strategy import resolve_strategy
 
     recipe = {}
     if args.recipe:
@@ -195,16 +102,15 @@ def log_throughput(collator: CountingCollator, seconds: float) -> None:
                 collator.total, padding, seconds, collator.real / seconds, peak)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    check_args(args)
+def train(args):
+    """Runs the recipe on checked arguments (cli/finetune.py's parse_args and check_args)."""
     import torch
     import transformers
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-    from qwen3_custom_mask import CustomQwen3ForCausalLM
-    from qwen3_custom_mask.compat import checkpointing_argument
-    from qwen3_custom_mask.training import CountingCollator, collator_for, pack_dataset
+    from ..model import CustomQwen3ForCausalLM
+    from ..model.compat import checkpointing_argument
+    from .collators import CountingCollator, collator_for, pack_dataset
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
@@ -261,7 +167,7 @@ def main(argv=None):
         mask_probability=training["mask_probability"],
     ))
     if args.fsdp:
-        from qwen3_custom_mask import fsdp
+        from . import fsdp
 
         start = time.perf_counter()
         result = fsdp.train(
@@ -320,6 +226,3 @@ def main(argv=None):
     logger.info("saved to %s (mask_strategy %s)", args.output_dir, reloaded.mask_strategy.to_dict())
     return result
 
-
-if __name__ == "__main__":
-    sys.exit(run_script(main))

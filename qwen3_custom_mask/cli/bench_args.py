@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from .script_args import OneLineParser
+from .args import OneLineParser
 
 STRATEGY_NAMES = ("causal", "sliding_window(256)", "prefix_lm(half)", "document(8 docs)", "attention_sinks(4, 256)")
 

@@ -23,11 +23,11 @@ from transformers.generation.configuration_utils import GenerationMode
 from .cache import BoundedCache
 from .compat import generate_cache_kwarg, pop_cache
 from .configuration import PLUGIN_FIELDS
-from .lowering import dense_mask
+from ..strategy.lowering import dense_mask
 from .masking import LayerMasks, as_bool_user_mask, build_masks
-from .masks.document import document_ids_of
-from .masks.user_mask import check_user_mask
-from .registry import mask_input_names
+from ..masks.document import document_ids_of
+from ..masks.user_mask import check_user_mask
+from ..strategy.registry import mask_input_names
 
 # The strategy's per-call inputs of the step being prepared, for create_masks_for_generate (stock calls it
 # from prepare_inputs_for_generation without them). A context variable: safe across threads.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .compat import paged_layout_known
-from .lowering import FLASH_BACKENDS, dense_mask, eager_float_mask
+from ..strategy.lowering import FLASH_BACKENDS, dense_mask, eager_float_mask
 from .masking import LayerMasks, sliding_layer_overlay
 
 # A prompt and its continuation for the start-up probe; positions past it are checked at every forward instead.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import Qwen3Config
 
-from .configuration import PLUGIN_FIELDS, CustomQwen3Config
+from ..model.configuration import PLUGIN_FIELDS, CustomQwen3Config
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def export_stock(model, out_dir: str | Path) -> Path:
     ``qwen3`` checkpoint: the same weights (a PEFT adapter merged into a copy), a config.json stock Qwen3 reads
     with the same mask. Raises before writing anything if the strategy has no standard form (`stock_form`)."""
     if isinstance(model, (str, Path)):
-        from .modeling import CustomQwen3ForCausalLM
+        from ..model import CustomQwen3ForCausalLM
 
         model = CustomQwen3ForCausalLM.from_pretrained(model)
     if hasattr(model, "peft_config") and hasattr(model, "merge_and_unload"):

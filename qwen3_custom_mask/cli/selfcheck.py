@@ -33,8 +33,8 @@ def _batch(torch, batch=4, length=10, vocab=250):
 def _checks(path, torch):
     from transformers import Qwen3ForCausalLM, StaticCache
 
-    from .compat import forward_cache_kwarg
-    from .modeling import CustomQwen3ForCausalLM
+    from ..model.compat import forward_cache_kwarg
+    from ..model import CustomQwen3ForCausalLM
 
     ids, mask = _batch(torch)
     gen = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=PAD)
@@ -104,7 +104,7 @@ def selfcheck(stream=None, flex: bool = True) -> bool:
     import torch
     import transformers
 
-    from .compat import TESTED, check_internals, untested_notice
+    from ..model.compat import TESTED, check_internals, untested_notice
     from .tiny import save_tiny_checkpoint
 
     out = stream or sys.stdout

@@ -4,94 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from ..model.masking import layer_mask
 from .bench_args import STRATEGY_NAMES, parse_args, resolve_defaults
-from .masking import LayerMasks, layer_mask
+from .bench_timing import PeakMemory, mask_bytes, timed, timed_pair
 
 logger = logging.getLogger(__name__)
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats: int, warmup: int = 1):
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
-
-
-def timed_pair(fn_a, fn_b, device, repeats: int):
-    """Times two functions alternately (a, b, a, b, ...) so that machine drift hits both alike."""
-    fn_a(), fn_b()
-    _sync(device)
-    times = ([], [])
-    for _ in range(repeats):
-        for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            out.append(time.perf_counter() - start)
-    return tuple((statistics.median(t), min(t), max(t)) for t in times)
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or on Linux the RSS high-water mark (reset first)."""
-
-    def __init__(self, device):
-        self.device = device
-        self.mib = float("nan")
-
-    @staticmethod
-    def _rss_hwm() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated() / 2**20
-        else:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-                self.base = self._rss_hwm()
-            except OSError:
-                self.base = float("nan")
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            self.mib = torch.cuda.max_memory_allocated() / 2**20 - self.base
-        else:
-            self.mib = self._rss_hwm() - self.base
-
-
-def mask_bytes(mask) -> int:
-    if mask is None:
-        return 0
-    if isinstance(mask, torch.Tensor):
-        return mask.numel() * mask.element_size()
-    if isinstance(mask, LayerMasks):  # {layer_idx: (mask, kwargs)} (shared masks counted once)
-        return sum(mask_bytes(m) for m in {id(m): m for m, _ in mask.values()}.values())
-    if isinstance(mask, dict):  # {layer_type: mask} (shared objects counted once)
-        return sum(mask_bytes(m) for m in {id(m): m for m in mask.values()}.values())
-    tensors = [getattr(mask, name) for name in dir(mask) if isinstance(getattr(mask, name, None), torch.Tensor)]
-    return sum(t.numel() * t.element_size() for t in tensors)  # BlockMask: its index tensors
 
 
 def documents(length: int, count: int, device) -> torch.Tensor:
@@ -115,7 +36,7 @@ assert tuple(STRATEGIES) == STRATEGY_NAMES  # the torch-free argument parser off
 def build_models(args, backend, device, dtype):
     from transformers import Qwen3ForCausalLM
 
-    from .modeling import CustomQwen3ForCausalLM
+    from ..model import CustomQwen3ForCausalLM
     from .tiny import tiny_qwen3_config
 
     config = tiny_qwen3_config(
@@ -231,8 +152,8 @@ def block_mask_costs(args) -> dict:
     attention it serves; a decode step's mask; flex decode (static cache) tokens/s against stock sdpa decode."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    from .lowering import block_mask
-    from .strategy import resolve_strategy
+    from ..strategy.lowering import block_mask
+    from ..strategy import resolve_strategy
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -291,8 +212,8 @@ def attention_sparsity(args) -> list[dict]:
     """flex_attention (BlockMask) vs sdpa with the dense mask vs the ideal (sdpa on unmasked blocks only)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from .masks.document import document as document_factory
-    from .masks.sliding_window import sliding_window as window_factory
+    from ..masks.document import document as document_factory
+    from ..masks.sliding_window import sliding_window as window_factory
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)

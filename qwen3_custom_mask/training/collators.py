@@ -23,9 +23,9 @@ import torch
 
 from transformers import default_data_collator
 
-from .packing import IGNORE_INDEX, QWEN3_PAD, PackingCollator, pack_examples  # noqa: F401  (PackingCollator: also importable from here)
+from .packing import IGNORE_INDEX, QWEN3_PAD, pack_examples  # noqa: F401
 
-from .recipes import OBJECTIVES  # noqa: E402  (torch-free, for the CLI)
+from ..strategy.presets import OBJECTIVES
 
 
 def prompt_length(feature: dict) -> int | None:

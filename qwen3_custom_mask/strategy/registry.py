@@ -9,7 +9,7 @@ integer tensors that broadcast against each other, so a mask_mod written with te
 every backend: dense masks call it once on broadcast index grids, flex_attention calls it under vmap.
 
 Specs (``"prefix_lm"``, ``{"name": "sliding_window", "window": 256}``, compositions) are resolved into
-strategies in strategy.py.
+strategies in resolve.py.
 """
 
 from __future__ import annotations

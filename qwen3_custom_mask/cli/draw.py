@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .lowering import dense_mask
-from .strategy import Strategy, resolve_strategy
+from ..strategy.lowering import dense_mask
+from ..strategy import Strategy, resolve_strategy
 
 VISIBLE, HIDDEN = "■", "⬚"
 

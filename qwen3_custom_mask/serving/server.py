@@ -24,7 +24,7 @@ def missing_serving_packages() -> list[str]:
 def register_with_server() -> None:
     """What the server looks up by model_type, under the plugin's: Qwen3's response template (the `<think>` and
     tool-call parsing of chat answers). Importing modeling registers the config and classes (Auto API)."""
-    from . import modeling  # noqa: F401
+    from ..model import heads  # noqa: F401  (registers the config and classes)
 
     try:
         from transformers.cli.serving import utils
@@ -44,7 +44,7 @@ def _plugin_names():
     the module object the server's own module reads (transformers' lazy module may have been replaced since)."""
     import transformers.cli.serving.model_manager as model_manager
 
-    from .modeling import CustomQwen3ForCausalLM
+    from ..model import CustomQwen3ForCausalLM
 
     namespace = model_manager.transformers
     stock = namespace.Qwen3ForCausalLM

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PRESETS = Path(__file__).parent / "configs"  # a link to ../configs in a checkout, a copy in a wheel
+PRESETS = Path(__file__).parents[1] / "configs"  # qwen3_custom_mask/configs: a link to ../configs in a checkout, a copy in a wheel
 OBJECTIVES = ("causal_lm", "prefix_lm_sft", "mntp")
 
 

@@ -1,4 +1,4 @@
-"""The Qwen3 glue: `CustomQwen3Model`, the body, builds the attention masks from its strategy; every head sits on it.
+"""The body: `CustomQwen3Model` builds the attention masks from its strategy; every head (heads.py) sits on it.
 
 Where stock `Qwen3Model.forward` builds causal masks, the body builds the strategy's (masking.py) and hands
 the ready ``{layer_type: mask}`` dict to stock's forward, which skips its own mask creation: nothing in
@@ -10,44 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import inspect
 import logging
 import sys
 from functools import partial
 from typing import Any
 
 import torch
-from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-    Qwen3ForQuestionAnswering,
-    Qwen3ForSequenceClassification,
-    Qwen3ForTokenClassification,
-    Qwen3Model,
-)
+from transformers import Qwen3Config, Qwen3Model
 from transformers.cache_utils import DynamicCache
-from transformers.models.auto import modeling_auto
-from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.models.qwen3.modeling_qwen3 import Qwen3PreTrainedModel
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.generic import merge_with_config_defaults
 
-from . import masks, paged  # noqa: F401  (masks registers the built-in strategies)
+from .. import masks  # noqa: F401  (registers the built-in strategies)
+from ..strategy import Strategy, resolve_strategy
+from ..strategy.lowering import FLASH_BACKENDS
+from ..strategy.registry import mask_input_names
+from . import paged
 from .compat import check_internals, check_model_internals, forward_cache_kwarg, pop_cache, warn_if_untested
 from .configuration import CustomQwen3Config, strategy_fields
-from .generation import MaskedGenerationMixin
-from .loss import DEFAULT_CHUNK_SIZE, chunkable_head, chunked_causal_lm_loss
-from .lowering import FLASH_BACKENDS
 from .masking import LayerMasks, build_masks, flash_error, pick_layer_mask
-from .registry import mask_input_names
-from .strategy import Strategy, resolve_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +37,7 @@ CACHE_KWARG = forward_cache_kwarg()
 # Per-call inputs of the built-in strategies. They are named in every forward() signature (see
 # `with_mask_inputs`), so that Trainer's default remove_unused_columns=True keeps those dataset columns.
 BUILTIN_MASK_INPUTS = ("prefix_lengths", "document_ids", "draft_tree")
-# Dataset columns the collators (training.py) read and forward() never takes: named in the signature too, so that
+# Dataset columns the collators (training/collators.py) read and forward() never takes: named in the signature too, so that
 # Trainer's defaults keep them for the collator; one that reaches forward() is refused (`_refuse_collator_columns`).
 COLLATOR_COLUMNS = ("prompt_length",)
 
@@ -303,155 +283,3 @@ def _refuse_collator_columns(kwargs: dict) -> None:
             f"{found} reached forward(): it is a dataset column for the collator (labels -100 on the prompt), not a "
             f"model input. Use qwen3_custom_mask.training.CausalLMCollator or PrefixLMCollator, or drop the column."
         )
-
-
-def with_keyword_params(wrapper, forward, names) -> None:
-    """Gives ``wrapper`` the signature of ``forward`` plus keyword-only ``names`` (default None) before **kwargs."""
-    signature = inspect.signature(forward)
-    params = list(signature.parameters.values())
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names if name not in signature.parameters]
-    wrapper.__signature__ = signature.replace(parameters=params[:-1] + extra + params[-1:])
-
-
-def with_mask_inputs(forward):
-    """``forward`` with the built-in strategies' inputs in its signature (they still travel in **kwargs).
-
-    Trainer (remove_unused_columns=True, its default) keeps only the dataset columns that forward()'s
-    signature names, and PEFT hands Trainer the base model's forward to inspect.
-    """
-
-    @functools.wraps(forward)
-    def wrapper(self, *args, **kwargs):
-        return forward(self, *args, **kwargs)
-
-    with_keyword_params(wrapper, forward, [*BUILTIN_MASK_INPUTS, *COLLATOR_COLUMNS])
-    return wrapper
-
-
-# The cache's field in CausalLMOutputWithPast: `cache` from transformers 5.24, `past_key_values` before.
-OUTPUT_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-LOSS_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")
-
-
-def with_chunked_loss(forward):
-    """``Qwen3ForCausalLM.forward`` that, with ``config.loss_chunk_size`` set, computes a training forward's loss
-    from the hidden states in chunks (loss.py) and returns no logits; ``skip_logits=False`` or eval mode: stock's.
-
-    ``skip_logits`` follows Liger-Kernel's convention: None = skip when training with labels.
-    """
-    signature = inspect.signature(forward)
-
-    @functools.wraps(forward)
-    @can_return_tuple
-    def wrapper(self, *args, skip_logits: bool | None = None, **kwargs):
-        chunk_size = getattr(self.config, "loss_chunk_size", None)
-        if skip_logits is False or (skip_logits is None and (chunk_size is None or not self.training)):
-            return forward(self, *args, **kwargs)  # stock's path, untouched (generate, eval, compiled decode)
-        arguments = signature.bind_partial(self, *args, **kwargs).arguments
-        extra = dict(arguments.pop("kwargs", {}))
-        labelled = arguments.get("labels") is not None or extra.get("shift_labels") is not None
-        if skip_logits is None and not labelled:
-            return forward(self, *args, **kwargs)
-        if not chunkable_head(self.lm_head):
-            if skip_logits is None:  # e.g. LoRA on lm_head: reading its weight would train without the adapter
-                logger.warning_once(f"loss_chunk_size is set, but lm_head is a {type(self.lm_head).__name__} (adapter, "
-                                    f"hooks or a partitioned weight): the loss is computed from the full logits instead.")
-                return forward(self, *args, **kwargs)
-            raise ValueError(f"skip_logits=True needs a plain nn.Linear lm_head; this one is a {type(self.lm_head).__name__}.")
-        if not labelled:
-            raise ValueError("skip_logits=True returns only the loss, so it needs labels (or shift_labels).")
-        if not isinstance(arguments.get("logits_to_keep", 0), int) or arguments.get("logits_to_keep", 0) != 0:
-            raise ValueError("The chunked loss scores every labelled position; logits_to_keep applies to logits, which "
-                             "it does not compute. Drop logits_to_keep or pass skip_logits=False.")
-        loss_kwargs = {name: extra.pop(name) for name in LOSS_KWARGS if name in extra}
-        body_inputs = {name: value for name, value in arguments.items() if name not in ("self", "labels", "logits_to_keep")}
-        outputs = self.model(**body_inputs, **extra)
-        chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size  # skip_logits=True on its own
-        loss = chunked_causal_lm_loss(outputs.last_hidden_state, self.lm_head, arguments.get("labels"), chunk_size=chunk_size, **loss_kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-            **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD, None)},
-        )
-
-    with_keyword_params(wrapper, forward, ["skip_logits"])
-    return wrapper
-
-
-class MaskStrategyHeadMixin(LoadTimeStrategyMixin):
-    """A head's view of its body's strategy: ``head.mask_strategy``, ``head.set_mask_strategy(spec)``."""
-
-    @property
-    def mask_strategy(self) -> Strategy:
-        return self.base_model.mask_strategy
-
-    def set_mask_strategy(self, spec: str | dict | Strategy | None) -> Strategy:
-        return self.base_model.set_mask_strategy(spec)
-
-
-class CustomQwen3ForCausalLM(MaskStrategyHeadMixin, MaskedGenerationMixin, Qwen3ForCausalLM):
-    """`Qwen3ForCausalLM` on `CustomQwen3Model`: the strategy in every forward and in generate()
-    (dynamic, static, bounded caches; compiled decoding; beams; assisted decoding)."""
-
-    config_class = CustomQwen3Config
-
-    def __init__(self, config: Qwen3Config):
-        config = as_custom_config(config)
-        Qwen3PreTrainedModel.__init__(self, config)
-        self.model = CustomQwen3Model(config)  # diff with stock: the strategy-aware body
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    forward = with_mask_inputs(with_chunked_loss(Qwen3ForCausalLM.forward))
-
-    def init_continuous_batching(self, *args, **kwargs):
-        """Stock's continuous-batching manager, serving the strategy (paged.py). A strategy the paged cache cannot
-        honour is refused here, in one line, before a request is queued."""
-        why = paged.refusal(self.model)
-        if why:
-            raise ValueError(why)
-        return super().init_continuous_batching(*args, **kwargs)
-
-
-class CustomQwen3ForSequenceClassification(MaskStrategyHeadMixin, Qwen3ForSequenceClassification):
-    config_class = CustomQwen3Config
-
-    def __init__(self, config: Qwen3Config):
-        super().__init__(as_custom_config(config))  # the body comes from AutoModel: CustomQwen3Model
-
-    forward = with_mask_inputs(Qwen3ForSequenceClassification.forward)
-
-
-class CustomQwen3ForTokenClassification(MaskStrategyHeadMixin, Qwen3ForTokenClassification):
-    config_class = CustomQwen3Config
-
-    def __init__(self, config: Qwen3Config):
-        super().__init__(as_custom_config(config))
-
-    forward = with_mask_inputs(Qwen3ForTokenClassification.forward)
-
-
-class CustomQwen3ForQuestionAnswering(MaskStrategyHeadMixin, Qwen3ForQuestionAnswering):
-    config_class = CustomQwen3Config
-
-    def __init__(self, config: Qwen3Config):
-        super().__init__(as_custom_config(config))
-
-    forward = with_mask_inputs(Qwen3ForQuestionAnswering.forward)
-
-
-AutoConfig.register(CustomQwen3Config.model_type, CustomQwen3Config)
-for _auto, _names, _cls in (
-    (AutoModel, "MODEL_MAPPING_NAMES", CustomQwen3Model),
-    (AutoModelForCausalLM, "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", CustomQwen3ForCausalLM),
-    (AutoModelForSequenceClassification, "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", CustomQwen3ForSequenceClassification),
-    (AutoModelForTokenClassification, "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", CustomQwen3ForTokenClassification),
-    (AutoModelForQuestionAnswering, "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", CustomQwen3ForQuestionAnswering),
-):
-    _auto.register(CustomQwen3Config, _cls)
-    # Auto.register does not reach the name tables that transformers switches behaviour on by class name:
-    # Trainer's label smoother shifts labels only for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES; `transformers
-    # serve` and the pipelines pick the task by them.
-    # Listed under our own model_type, which CONFIG_MAPPING_NAMES lacks, so the Auto lookups themselves are unchanged.
-    getattr(modeling_auto, _names).setdefault(CustomQwen3Config.model_type, _cls.__name__)
-register_with_peft()

@@ -1,0 +1,71 @@
+"""Packed documents: padding-free packing (position_ids that restart inside a row, no attention_mask) and
+documents continued across a KV cache. Each document is read as if it stood alone in its row, as stock's
+packed-sequence detection reads it (masking_utils' ``find_packed_sequence_indices``), for every strategy.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.masking_utils import find_packed_sequence_indices
+
+
+def packed_documents(position_ids, attention_mask, cache, batch_size: int):
+    """(B, L) sequence index of every token when ``position_ids`` restart inside a row (padding-free packing:
+    TRL's bfd packing, DataCollatorWithFlattening), else None. The conditions are stock's packed-sequence
+    detection: no attention_mask and no cache (a training forward; generate() never packs)."""
+    if position_ids is None or attention_mask is not None or cache is not None:
+        return None
+    return find_packed_sequence_indices(position_ids.view(-1, position_ids.shape[-1]).expand(batch_size, -1))
+
+
+def within_documents(mask_mod, sequences: torch.Tensor, positions: torch.Tensor):
+    """``mask_mod`` read the way stock reads a mask on packed rows (masking_utils' packed-sequence remap): each
+    document on its own, at its own positions, as if it stood alone in its row. Stock does this for its causal,
+    sliding and chunked builders; here every strategy gets it, so a sliding-window model trains packed as its
+    stock export runs."""
+
+    def packed(batch_idx, head_idx, q_idx, kv_idx):
+        same = sequences[batch_idx, q_idx] == sequences[batch_idx, kv_idx]
+        return same & mask_mod(batch_idx, head_idx, positions[batch_idx, q_idx], positions[batch_idx, kv_idx])
+
+    return packed
+
+
+def refuse_packed(strategy) -> None:
+    needs = sorted(set(strategy.inputs) - {"document_ids"})
+    raise ValueError(
+        f"position_ids restart inside a row (padding-free packing, e.g. TRL's packing=True or DataCollatorWithFlattening), "
+        f"but the mask strategy {strategy.name!r} takes {needs} per row, which a packed row cannot give per document. "
+        f"Pad instead of packing (TRL: padding_free=False, packing_strategy='wrapped'), or pass an attention_mask."
+    )
+
+
+POSITIONS_ON_CACHE = "qwen3_mask_positions"  # (B, tokens so far): the positions a document strategy has read
+
+
+def continue_documents(cache, strategy, context: dict, position_ids, q_offset: int, q_length: int, batch_size: int):
+    """Packed documents across a KV cache. A cached step's ``position_ids`` cover only its new tokens, so on
+    their own they cannot say where the cached documents end (a decode step at position 3 continues a document
+    that restarted at 0 in the prefill; read alone, the row looked like one document). The positions of every
+    token so far are kept on the cache, and the step's boundaries are read off them with the new ones appended:
+    a position that follows its predecessor continues that document, any other starts a new one. Returns the
+    step's position_ids (None: the strategy places them); ``context["position_ids"]`` gets the whole row's."""
+    earlier = getattr(cache, POSITIONS_ON_CACHE, None) if q_offset else None
+    if q_offset and (earlier is None or earlier.shape[-1] < q_offset or earlier.shape[0] != batch_size):
+        if context.get("document_ids") is not None:
+            return position_ids  # the caller says where the documents are; nothing to continue
+        raise ValueError(
+            f"The {strategy.name!r} strategy cannot tell which document this cached step continues: the cache holds "
+            f"{q_offset} tokens this model did not read (or read for another batch). Pass document_ids of shape "
+            f"(batch, past + new tokens), or fill the cache with this model."
+        )
+    if position_ids is None and earlier is not None and earlier.shape[-1]:
+        position_ids = earlier[:, q_offset - 1 : q_offset] + torch.arange(1, q_length + 1, device=earlier.device)
+    if position_ids is None:  # a prefill without positions: the strategy places them (then they are kept)
+        position_ids = strategy.position_ids(**context)[:, :q_length]
+    new = position_ids.view(-1, q_length).expand(batch_size, -1).to(context["padding_mask"].device)
+    every = new if earlier is None else torch.cat([earlier[:, :q_offset].to(new.device), new], dim=-1)
+    setattr(cache, POSITIONS_ON_CACHE, every)
+    if context.get("document_ids") is None:
+        context["position_ids"] = every
+    return position_ids
