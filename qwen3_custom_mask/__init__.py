@@ -18,11 +18,9 @@ Importing the package registers the config and every model class with transforme
 
 import os
 import sys
-import types
-import warnings
 from importlib import import_module
-from importlib.abc import Loader, MetaPathFinder
-from importlib.util import spec_from_loader
+
+from . import _moved
 
 __version__ = "0.1.0"
 
@@ -58,21 +56,9 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-# Modules of the flat layout (0.1.0 before the role folders) and where they went. Their old import paths keep
-# working, with a FutureWarning naming the new one, for code and pickles written against them.
-MOVED = {
-    "registry": "strategy.registry", "lowering": "strategy.lowering", "reference": "strategy.reference",
-    "recipes": "strategy.presets", "configuration": "model.configuration", "modeling": "model.heads",
-    "masking": "model.masking", "generation": "model.generation", "cache": "model.cache",
-    "speculative": "model.speculative", "paged": "model.paged", "loss": "model.loss", "compat": "model.compat",
-    "packing": "training.packing", "fsdp": "training.fsdp", "finetune": "training.finetune",
-    "export": "serving.export", "script_args": "cli.args", "bench_args": "cli.bench_args",
-    "benchmark": "cli.benchmark", "bench_serving": "cli.bench_serving", "stackcheck": "cli.selfcheck",
-    "draw": "cli.draw", "default": "cli.default", "tiny": "cli.tiny", "tokenizer": "cli.tokenizer",
-}
-
-
 def __getattr__(name: str):
+    if name in _moved.MOVED:  # `qwen3_custom_mask.modeling.X` after `import qwen3_custom_mask`, as in 0.1.0
+        return import_module(f".{name}", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
@@ -82,37 +68,26 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-class _MovedModuleFinder(MetaPathFinder, Loader):
-    """``import qwen3_custom_mask.modeling`` (an old path) gives a module that reads from the new one."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        package, _, name = fullname.rpartition(".")
-        if package == __name__ and name in MOVED:
-            return spec_from_loader(fullname, self)
-        return None
-
-    def create_module(self, spec):
-        new = f"{__name__}.{MOVED[spec.name.rpartition('.')[2]]}"
-        warnings.warn(f"{spec.name} moved to {new} (or import the name from {__name__}); the old path goes in 0.2.",
-                      FutureWarning, stacklevel=2)
-        target = import_module(new)
-        alias = types.ModuleType(spec.name, f"Moved: see {new}.")
-        alias.__getattr__ = lambda attribute: getattr(target, attribute)  # PEP 562 on the alias
-        alias.__dir__ = lambda: dir(target)
-        return alias
-
-    def exec_module(self, module):
-        pass
+# The flat layout's paths (qwen3_custom_mask.modeling, .lowering, ...) keep importing, with a FutureWarning.
+_moved.install()
 
 
-if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
-    sys.meta_path.append(_MovedModuleFinder())
+def _own_command() -> bool:
+    """Whether this process is one of the project's own commands: the `qwen3-mask` script, ``python -m
+    qwen3_custom_mask.cli``, or this checkout's scripts/finetune.py and scripts/benchmark.py. They import the model
+    code themselves once their arguments are checked, so that `--help` and `list` answer without torch. Anything
+    else (a user's own script called finetune.py too) gets the classes registered at import."""
+    argv = list(getattr(sys, "orig_argv", []))
+    if "-m" in argv and argv[argv.index("-m") + 1 : argv.index("-m") + 2] == [f"{__name__}.cli"]:
+        return True
+    program = sys.argv[0] if sys.argv else ""
+    if os.path.basename(program) == "qwen3-mask":
+        return True
+    scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts")
+    return os.path.realpath(program) in {os.path.join(scripts, name) for name in ("finetune.py", "benchmark.py")}
 
-# The one exception to the eager registration: the `qwen3-mask` command, so that `--help` and `list` answer
-# without loading torch and transformers (its model commands import the model classes, which registers them).
-# The project's own entry points import the model code themselves once their arguments are checked.
-if os.path.basename(sys.argv[0] if sys.argv else "") not in ("qwen3-mask", "finetune.py", "benchmark.py"):
-    from . import masks  # noqa: F401, E402
+
+from . import masks  # noqa: E402  (registers the built-in strategies: torch-free at import)
+
+if not _own_command():
     from .model import heads  # noqa: F401, E402  (registers the config and classes with the Auto API)
-else:
-    from . import masks  # noqa: F401, E402  (registers the built-in strategies: torch-free at import)

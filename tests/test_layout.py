@@ -2,13 +2,20 @@
 short, and the paths of the flat 0.1.0 layout still import (with a FutureWarning naming the new place)."""
 
 import ast
+import copyreg
 import importlib
+import io
+import pickle
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import qwen3_custom_mask
+from qwen3_custom_mask import MaskStrategy, resolve_strategy
+from qwen3_custom_mask._moved import MOVED
+from qwen3_custom_mask.strategy import MaskEntry
 
 PACKAGE = Path(qwen3_custom_mask.__file__).parent
 # Lowest first. A folder may import from its own and from lower layers; training and serving sit side by side
@@ -46,7 +53,8 @@ def imported(path: Path) -> list[tuple[int, str]]:
 
 
 def test_the_package_root_holds_only_role_folders():
-    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]
+    # __init__.py: the public names; _moved.py: the 0.1.0 paths
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "_moved.py"]
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert folders == set(LAYERS)
 
@@ -80,33 +88,124 @@ def test_modules_stay_short(path):
     assert len(path.read_text().splitlines()) <= LONGEST_MODULE, f"{path.name}: split it by what its parts do"
 
 
-@pytest.mark.parametrize("old", sorted(qwen3_custom_mask.MOVED))
+@pytest.mark.parametrize("old", sorted(MOVED))
 def test_the_flat_layouts_paths_still_import_and_say_where_they_went(old):
-    new = importlib.import_module(f"qwen3_custom_mask.{qwen3_custom_mask.MOVED[old]}")
+    new = [importlib.import_module(f"qwen3_custom_mask.{module}") for module in MOVED[old]]
     sys.modules.pop(f"qwen3_custom_mask.{old}", None)
-    with pytest.warns(FutureWarning, match=f"qwen3_custom_mask.{old} moved to {new.__name__}"):
+    with pytest.warns(FutureWarning, match=f"qwen3_custom_mask.{old} moved to {new[0].__name__}"):
         alias = importlib.import_module(f"qwen3_custom_mask.{old}")
-    public = [name for name in vars(new) if not name.startswith("__")]
-    assert public
-    for name in public:
-        assert getattr(alias, name) is getattr(new, name)
-    with pytest.raises(AttributeError):
+    for module in new:
+        public = [name for name in vars(module) if not name.startswith("__")]
+        assert public
+        for name in public:
+            assert getattr(alias, name) is getattr(module, name) or any(name in vars(m) for m in new[: new.index(module)])
+    star = {}
+    exec(f"from qwen3_custom_mask.{old} import *", star)  # noqa: S102
+    assert set(alias.__all__) <= set(star) and alias.__all__
+    with pytest.raises(AttributeError, match="moved to"):
         alias.no_such_name  # noqa: B018
+    assert getattr(qwen3_custom_mask, old) is alias  # as an attribute of the package too
+
+
+@pytest.mark.filterwarnings("ignore:qwen3_custom_mask.compat moved:FutureWarning")
+def test_a_write_through_an_old_path_reaches_the_code(monkeypatch):
+    """monkeypatch / mock.patch through 0.1.0's path patches what the code calls (not a copy that changes nothing)."""
+    from qwen3_custom_mask.model import compat
+
+    monkeypatch.setattr("qwen3_custom_mask.compat.transformers_version", lambda: "999.0.0")
+    monkeypatch.delenv("QWEN3_MASK_ASSUME_UNTESTED", raising=False)
+    assert compat.transformers_version() == "999.0.0"
+    assert "999.0.0" in compat.untested_notice()
+    monkeypatch.undo()
+    assert compat.transformers_version() != "999.0.0"
+
+
+def test_an_old_module_runs_with_python_dash_m():
+    out = subprocess.run([sys.executable, "-m", "qwen3_custom_mask.finetune", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--recipe" in out.stdout and "moved to qwen3_custom_mask.cli.finetune" in out.stderr
+
+
+def test_reloading_the_package_keeps_one_finder():
+    importlib.reload(qwen3_custom_mask)
+    importlib.reload(qwen3_custom_mask)
+    assert sum(type(f).__name__ == "MovedModuleFinder" for f in sys.meta_path) == 1
+
+
+def test_a_users_script_named_like_ours_gets_the_classes_registered(tmp_path):
+    """Only the project's own commands skip registering at import; a user's finetune.py loads plugin folders."""
+    from qwen3_custom_mask import CustomQwen3ForCausalLM
+    from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
+
+    CustomQwen3ForCausalLM(tiny_qwen3_config()).save_pretrained(tmp_path / "ckpt")
+    script = tmp_path / "finetune.py"
+    script.write_text("import sys, qwen3_custom_mask\nfrom transformers import AutoModelForCausalLM\n"
+                      "print(type(AutoModelForCausalLM.from_pretrained(sys.argv[1])).__name__)\n")
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "CustomQwen3ForCausalLM"
+
+
+def test_python_dash_m_cli_answers_without_torch():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "qwen3_custom_mask.cli", "list"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "sliding_window" in out.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "transformers" not in imported
+
+
+class OldLayoutPickler(pickle.Pickler):
+    """Pickles a strategy as 0.1.0 did: by class and state, under the flat layout's module names."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, MaskStrategy):
+            return copyreg.__newobj__, (MaskStrategy,), dict(vars(obj))
+        if isinstance(obj, MaskEntry):
+            return copyreg.__newobj__, (MaskEntry,), dict(vars(obj))
+        return NotImplemented
 
 
 def test_an_old_pickle_of_a_strategy_loads():
     """A strategy pickled under the flat layout (its classes at qwen3_custom_mask.strategy and .registry) loads."""
-    import pickle
-
-    from qwen3_custom_mask import resolve_strategy
-
     strategy = resolve_strategy({"name": "sliding_window", "window": 3})
-    data = pickle.dumps(strategy, protocol=0)  # text opcodes: module names can be rewritten in place
+    buffer = io.BytesIO()
+    OldLayoutPickler(buffer, protocol=0).dump(strategy)  # text opcodes: module names can be rewritten in place
+    data = buffer.getvalue()
     assert b"qwen3_custom_mask.strategy.spec\n" in data and b"qwen3_custom_mask.strategy.registry\n" in data
     old = data.replace(b"qwen3_custom_mask.strategy.spec\n", b"qwen3_custom_mask.strategy\n")  # 0.1.0's paths
     old = old.replace(b"qwen3_custom_mask.strategy.registry\n", b"qwen3_custom_mask.registry\n")
     sys.modules.pop("qwen3_custom_mask.registry", None)
     with pytest.warns(FutureWarning, match="qwen3_custom_mask.registry moved"):
         loaded = pickle.loads(old)
-    assert loaded.to_dict() == strategy.to_dict()
-    assert type(loaded) is type(strategy)
+    assert type(loaded) is MaskStrategy and loaded == strategy
+
+
+@pytest.mark.parametrize("spec", ["causal", "bidirectional", {"and": ["document", {"name": "sliding_window", "window": 3}]},
+                                  {"not": "causal"}, {"layers": {"0": "causal", "1": "prefix_lm"}}])
+def test_strategies_and_whole_models_pickle(spec):
+    """Strategies pickle as their spec (their registry entries hold lambdas); torch.save of a whole model that has
+    run forward and generate() loads and gives the same logits."""
+    import torch
+
+    from qwen3_custom_mask import CustomQwen3ForCausalLM
+    from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
+
+    strategy = resolve_strategy(spec)
+    assert pickle.loads(pickle.dumps(strategy)) == strategy
+    model = CustomQwen3ForCausalLM(tiny_qwen3_config()).eval()
+    model.set_mask_strategy(spec)
+    ids = torch.randint(0, 200, (2, 8))
+    inputs = {"prefix_lengths": torch.tensor([3, 5])} if "prefix_lm" in str(spec) else {}
+    inputs |= {"document_ids": torch.tensor([[0] * 4 + [1] * 4] * 2)} if "document" in str(spec) else {}
+    with torch.no_grad():
+        before = model(ids, **inputs).logits
+        if strategy.generates and spec == "causal":
+            model.generate(ids, max_new_tokens=2, do_sample=False)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.mask_strategy == strategy
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, **inputs).logits, before)

@@ -21,7 +21,11 @@ import logging
 import sys
 
 from .args import OneLineParser
-from .commands import (
+from .commands import (  # noqa: F401  (BACKENDS, DEMO, DTYPES, MAX_SHOW_LENGTH: 0.1.0's cli.py held them)
+    BACKENDS,
+    DEMO,
+    DTYPES,
+    MAX_SHOW_LENGTH,
     UserError,
     _check_flags,
     cmd_bench,

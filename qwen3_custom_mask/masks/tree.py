@@ -15,7 +15,7 @@ One prefix token P, then ``draft_tree=[-1, 0, -1, 2]`` (two chains: 1→2 and 3�
       3   ■ ⬚ ⬚ ■ ⬚
       4   ■ ⬚ ⬚ ■ ■
 
-See `qwen3_custom_mask.speculative.verify_draft_tree` for the verification step with a KV cache.
+See `qwen3_custom_mask.verify_draft_tree` (model/speculative.py) for the verification step with a KV cache.
 """
 
 from __future__ import annotations

@@ -9,3 +9,9 @@ server.py is torch-free at import: `--help` and the missing-package check answer
 """
 
 from .server import SERVE_EXTRA, missing_serving_packages, plugin_model_loader, register_with_server, serve  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name == "PluginModelLoader":  # defined on first use (the server's optional packages), as in 0.1.0's serving.py
+        return plugin_model_loader()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

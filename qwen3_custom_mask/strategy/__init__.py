@@ -11,13 +11,15 @@
 torch-free at import (lowering and reference import torch themselves), so the CLI answers fast.
 """
 
-from .composition import CompositeStrategy, LayeredStrategy, parse_layers
+from .composition import CompositeStrategy, LayeredStrategy, and_intervals, not_mask, or_intervals, parse_layers
 from .registry import ENTRY_POINT_GROUP, MaskEntry, MaskMod, available_masks, get_mask, register_mask, unregister_mask
-from .resolve import load_spec_file, resolve_strategy
+from .resolve import LARGEST_PARAM, SPEC_FILE_SUFFIXES, load_spec_file, resolve_strategy
 from .spec import COMBINATORS, MaskStrategy, Strategy
 
+# Everything 0.1.0's strategy.py held is importable from here (third-party strategies import not_mask, ...).
 __all__ = [
-    "COMBINATORS", "ENTRY_POINT_GROUP", "CompositeStrategy", "LayeredStrategy", "MaskEntry", "MaskMod", "MaskStrategy",
-    "Strategy", "available_masks", "get_mask", "load_spec_file", "parse_layers", "register_mask", "resolve_strategy",
+    "COMBINATORS", "ENTRY_POINT_GROUP", "LARGEST_PARAM", "SPEC_FILE_SUFFIXES", "CompositeStrategy", "LayeredStrategy",
+    "MaskEntry", "MaskMod", "MaskStrategy", "Strategy", "and_intervals", "available_masks", "get_mask",
+    "load_spec_file", "not_mask", "or_intervals", "parse_layers", "register_mask", "resolve_strategy",
     "unregister_mask",
 ]

@@ -37,6 +37,13 @@ class Strategy:
     def to_dict(self) -> Any:
         raise NotImplementedError
 
+    def __reduce__(self):
+        # Pickled as its spec, what config.json stores: the registry's entries hold functions (lambdas too) that
+        # pickle cannot name, and a whole-model torch.save, multiprocessing or a pickling copy must not fail on them.
+        from .resolve import resolve_strategy
+
+        return resolve_strategy, (self.to_dict(),)
+
     def mask_mod(self, **inputs: Any) -> MaskMod:
         """The mask_mod for one forward; ``inputs`` holds per-call inputs and context args (see registry)."""
         raise NotImplementedError

@@ -8,6 +8,7 @@
 The loss the causal-LM head computes in chunks lives with the head (model/loss.py).
 """
 
+from ..strategy.presets import OBJECTIVES
 from .collators import (
     CausalLMCollator,
     CountingCollator,
@@ -20,7 +21,7 @@ from .collators import (
 from .packing import IGNORE_INDEX, QWEN3_PAD, PackingCollator, best_fit_decreasing, pack_examples, pad_examples
 
 __all__ = [
-    "IGNORE_INDEX", "QWEN3_PAD", "CausalLMCollator", "CountingCollator", "MNTPCollator", "PackingCollator",
+    "IGNORE_INDEX", "OBJECTIVES", "QWEN3_PAD", "CausalLMCollator", "CountingCollator", "MNTPCollator", "PackingCollator",
     "PrefixLMCollator", "best_fit_decreasing", "collator_for", "pack_dataset", "pack_examples", "pad_examples",
     "prompt_length",
 ]
