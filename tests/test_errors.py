@@ -16,6 +16,14 @@ def test_unknown_strategy_lists_the_known_ones(checkpoint):
         CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="slidng_window")
 
 
+def test_a_preset_name_without_its_suffix_is_pointed_to_the_file():
+    from qwen3_custom_mask import resolve_strategy
+
+    with pytest.raises(KeyError, match=r"A shipped preset has that name: pass 'sliding_window_4k.yaml'"):
+        resolve_strategy("sliding_window_4k")
+    assert resolve_strategy("sliding_window_4k.yaml").name == "sliding_window"
+
+
 @pytest.mark.parametrize(
     "spec,error,match",
     [

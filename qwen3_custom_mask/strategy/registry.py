@@ -191,8 +191,12 @@ def get_mask(name: str) -> MaskEntry:
     if name not in _MASKS:
         _load_entry_points()
     if name not in _MASKS:
+        from .presets import preset_names
+
         close = difflib.get_close_matches(str(name), available_masks(), n=1)
         hint = f"Did you mean {close[0]!r}? " if close else ""
+        if name in preset_names():  # a shipped configs/ preset given without its suffix
+            hint = f"A shipped preset has that name: pass '{name}.yaml'. " + hint
         raise UnknownMaskError(
             f"Unknown mask strategy {name!r}. {hint}Known strategies: {', '.join(available_masks())}. "
             f"Register your own with @qwen3_custom_mask.register_mask({name!r}), or install the package that "
