@@ -14,6 +14,7 @@ position_ids, for_layer), so the model glue never looks at which kind it holds.
 
 from __future__ import annotations
 
+import copyreg
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,11 +39,13 @@ class Strategy:
         raise NotImplementedError
 
     def __reduce__(self):
-        # Pickled as its spec, what config.json stores: the registry's entries hold functions (lambdas too) that
-        # pickle cannot name, and a whole-model torch.save, multiprocessing or a pickling copy must not fail on them.
-        from .resolve import resolve_strategy
+        # Pickled (and copied) as its spec, what config.json stores: the registry's entries hold functions, lambdas
+        # too, that pickle cannot name, and a whole-model torch.save or multiprocessing must not fail on them.
+        if type(self).__module__.startswith("qwen3_custom_mask."):
+            from .resolve import resolve_strategy
 
-        return resolve_strategy, (self.to_dict(),)
+            return resolve_strategy, (self.to_dict(),)
+        return copyreg.__newobj__, (type(self),), dict(vars(self))  # a user's own Strategy subclass: as before
 
     def mask_mod(self, **inputs: Any) -> MaskMod:
         """The mask_mod for one forward; ``inputs`` holds per-call inputs and context args (see registry)."""
