@@ -48,33 +48,62 @@ MOVED = {
 }
 
 
-class MovedModule(types.ModuleType):
-    """An old path: reads from, writes to and deletes in the new modules (``_targets``)."""
+_MISSING = object()
 
-    def _owner(self, name: str):
+
+class MovedModule(types.ModuleType):
+    """An old path: reads from the new modules (``_targets``); writes and deletes go where the code reads them.
+
+    A write lands on every target that binds the same object (0.1.0's modeling.py is now body.py and heads.py, which
+    both bind ``as_custom_config``), or on the first target for a new name. The first write or delete of a name
+    records what the targets held, so that ``mock.patch``'s exit (a delete, where the name did not live on the
+    alias) puts the originals back rather than deleting them.
+    """
+
+    def _holders(self, name: str) -> list:
         targets = self.__dict__["_targets"]
-        return next((module for module in targets if name in vars(module)), None)
+        holders = [module for module in targets if name in vars(module)]
+        return [module for module in holders if vars(module)[name] is vars(holders[0])[name]]
+
+    def _record(self, name: str) -> list:
+        saved = self.__dict__["_saved"]
+        if name not in saved:
+            holders = self._holders(name) or self.__dict__["_targets"][:1]
+            saved[name] = [(module, vars(module).get(name, _MISSING)) for module in holders]
+        return saved[name]
 
     def __getattr__(self, name: str):
-        owner = self._owner(name)
-        if owner is None:
+        holders = self._holders(name)
+        if not holders:
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r} (it moved to "
                                  f"{', '.join(m.__name__ for m in self.__dict__['_targets'])})")
-        return getattr(owner, name)
+        return vars(holders[0])[name]
 
     def __setattr__(self, name: str, value) -> None:
-        owner = None if name.startswith("__") or name == "_targets" else self._owner(name)
-        if owner is None:
+        if name.startswith("__") or name in ("_targets", "_saved"):
             super().__setattr__(name, value)
-        else:
-            setattr(owner, name, value)
+            return
+        recorded = self._record(name)
+        for module, _ in recorded:
+            setattr(module, name, value)
+        if all(original is value for _, original in recorded):  # put back as it was: nothing left to undo
+            del self.__dict__["_saved"][name]
 
     def __delattr__(self, name: str) -> None:
-        owner = self._owner(name)
-        if owner is None:
-            super().__delattr__(name)
-        else:
-            delattr(owner, name)
+        saved = self.__dict__["_saved"]
+        if name in saved:  # undo of a write through this path: the originals come back
+            for module, original in saved.pop(name):
+                if original is not _MISSING:
+                    setattr(module, name, original)
+                elif name in vars(module):
+                    delattr(module, name)
+            return
+        holders = self._holders(name)
+        if not holders:
+            raise AttributeError(name)
+        self._record(name)  # a later write (monkeypatch's undo) restores it where it was
+        for module in holders:
+            delattr(module, name)
 
     def __dir__(self):
         return sorted({name for module in self.__dict__["_targets"] for name in dir(module)})
@@ -99,6 +128,7 @@ class MovedModuleFinder(MetaPathFinder, Loader):
         targets = [import_module(module) for module in new]
         alias = MovedModule(spec.name, f"Moved to {' and '.join(new)}.")
         alias._targets = targets
+        alias._saved = {}
         alias.__file__ = targets[0].__file__  # where an ImportError says the names were looked up
         alias.__all__ = sorted({name for module in targets for name in getattr(module, "__all__", vars(module))
                                 if not name.startswith("_") and name != "annotations"  # (from __future__)

@@ -16,6 +16,7 @@ import qwen3_custom_mask
 from qwen3_custom_mask import MaskStrategy, resolve_strategy
 from qwen3_custom_mask._moved import MOVED
 from qwen3_custom_mask.strategy import MaskEntry
+from test_registry import scratch_names  # noqa: F401  (fixture)
 
 PACKAGE = Path(qwen3_custom_mask.__file__).parent
 # Lowest first. A folder may import from its own and from lower layers; training and serving sit side by side
@@ -209,3 +210,113 @@ def test_strategies_and_whole_models_pickle(spec):
     assert loaded.mask_strategy == strategy
     with torch.no_grad():
         assert torch.equal(loaded(ids, **inputs).logits, before)
+
+
+@pytest.mark.filterwarnings("ignore:qwen3_custom_mask.(masking|modeling) moved:FutureWarning")
+def test_mock_patch_through_an_old_path_patches_and_restores_the_real_bindings(monkeypatch):
+    """mock.patch's exit deletes what it set where the name did not live on the target: through an old path that
+    must put the original back (not delete the real function), on every module that binds it."""
+    from unittest import mock
+
+    import torch
+
+    from qwen3_custom_mask import CustomQwen3ForCausalLM
+    from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
+    from qwen3_custom_mask.model import body, heads, masking
+
+    model = CustomQwen3ForCausalLM(tiny_qwen3_config()).eval()
+    model.set_mask_strategy({"name": "sliding_window", "window": 3})
+    ids = torch.randint(0, 200, (1, 8))
+    real, calls = masking.lower, []
+    with torch.no_grad():
+        before = model(ids).logits
+        with mock.patch("qwen3_custom_mask.masking.lower", lambda *a, **k: calls.append(1) or real(*a, **k)):
+            model(ids)
+        assert calls and masking.lower is real
+        assert torch.equal(model(ids).logits, before)
+
+    convert = body.as_custom_config  # bound in body.py and in heads.py: 0.1.0's modeling.py held both
+    with mock.patch("qwen3_custom_mask.modeling.as_custom_config", side_effect=convert) as spy:
+        assert heads.as_custom_config is spy and body.as_custom_config is spy
+        CustomQwen3ForCausalLM(tiny_qwen3_config())
+    assert spy.call_count == 2 and body.as_custom_config is convert and heads.as_custom_config is convert
+
+    monkeypatch.delattr("qwen3_custom_mask.masking.lower")
+    assert "lower" not in vars(masking)
+    monkeypatch.undo()
+    assert masking.lower is real
+    with mock.patch("qwen3_custom_mask.masking.brand_new", 1, create=True):
+        assert masking.brand_new == 1  # a new name lands where the code would read it
+    assert not hasattr(masking, "brand_new")
+
+
+def test_copies_keep_the_entry_the_model_resolved(scratch_names):
+    """deepcopy (TRL's reference model) and pickle keep the factory a model resolved, after the registry entry is
+    replaced or removed, and a user's own Strategy subclass inside a composition copies as before."""
+    import copy
+
+    import torch
+
+    from qwen3_custom_mask import CustomQwen3ForCausalLM, Strategy, register_mask, unregister_mask
+    from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
+
+    name = "copied_window"
+
+    @register_mask(name)
+    def window_two():
+        return lambda b, h, q, kv: (kv <= q) & (q - kv < 2)
+
+    model = CustomQwen3ForCausalLM(tiny_qwen3_config()).eval()
+    model.set_mask_strategy(name)
+    ids = torch.randint(0, 200, (1, 8))
+    with torch.no_grad():
+        before = model(ids).logits
+        register_mask(name, replace=True)(lambda: lambda b, h, q, kv: kv <= q)
+        assert torch.equal(copy.deepcopy(model)(ids).logits, before)
+        unregister_mask(name)
+        assert torch.equal(copy.deepcopy(model)(ids).logits, before)
+    assert copy.copy(model.mask_strategy).entry.factory is window_two  # (pickle: a module-level factory, below)
+
+    class Mine(Strategy):
+        name, inputs, generates = "mine", (), True
+
+        def to_dict(self):
+            return {"mine": True}
+
+        def mask_mod(self, **inputs):
+            return lambda b, h, q, kv: kv <= q
+
+    composed = resolve_strategy({"and": [Mine(), "causal"]})
+    assert isinstance(copy.deepcopy(composed).children[0], Mine)
+
+
+def test_a_whole_model_saved_with_a_users_strategy_loads_in_a_fresh_process(tmp_path, monkeypatch):
+    """torch.save names the factory by reference: loading imports the user's module, which registers it."""
+    import torch
+
+    from qwen3_custom_mask import CustomQwen3ForCausalLM
+    from qwen3_custom_mask.cli.tiny import tiny_qwen3_config
+
+    (tmp_path / "acme_window.py").write_text(
+        "from qwen3_custom_mask import register_mask\n\n"
+        "@register_mask('acme_window')\n"
+        "def acme_window(window: int = 2):\n"
+        "    return lambda b, h, q, kv: (kv <= q) & (q - kv < window)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("acme_window")
+    try:
+        model = CustomQwen3ForCausalLM(tiny_qwen3_config()).eval()
+        model.set_mask_strategy({"name": "acme_window", "window": 3})
+        ids = torch.randint(0, 200, (1, 8))
+        with torch.no_grad():
+            expected = model(ids).logits
+        torch.save({"model": model, "ids": ids, "logits": expected}, tmp_path / "whole.pt")
+    finally:
+        qwen3_custom_mask.unregister_mask("acme_window")
+        sys.modules.pop("acme_window", None)
+    code = ("import sys, torch; saved = torch.load(sys.argv[1], weights_only=False); "
+            "print(torch.equal(saved['model'](saved['ids']).logits, saved['logits']), saved['model'].mask_strategy.to_dict())")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "whole.pt")], capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "True" and "acme_window" in out.stdout

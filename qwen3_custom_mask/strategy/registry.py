@@ -71,6 +71,14 @@ class MaskEntry:
     generates: bool = True
     intervals: Callable[..., Callable | None] | None = None
 
+    def __reduce__(self):
+        # A registered entry is pickled (and copied) as its factory, by reference: its hooks may be lambdas, which
+        # pickle cannot name, and importing the factory's module in a new process registers it again. A model keeps
+        # the entry it resolved even after register_mask(replace=True) or unregister_mask (see `entry_of`).
+        if _BY_FACTORY.get(self.factory) is self:
+            return entry_of, (self.factory, self.name)
+        return MaskEntry, tuple(getattr(self, f) for f in self.__dataclass_fields__)  # built by hand: by value
+
     @property
     def doc(self) -> str:
         """First line of the factory's docstring."""
@@ -101,6 +109,7 @@ class MaskEntry:
 CONTEXT_ARGS = ("padding_mask", "sequence_length", "position_ids", "num_heads", "training")
 
 _MASKS: dict[str, MaskEntry] = {}
+_BY_FACTORY: dict[Callable, MaskEntry] = {}  # every entry ever registered, by its factory: what a pickle names
 _entry_points_loaded = False
 
 
@@ -143,7 +152,7 @@ def register_mask(
         missing = [i for i in inputs if i not in signature]
         if missing:
             raise TypeError(f"Mask factory {name!r} declares inputs {missing} that are not parameters of {factory}.")
-        _MASKS[name] = MaskEntry(name, factory, inputs, flash, positions, cache_bounds, generates, intervals)
+        _MASKS[name] = _BY_FACTORY[factory] = MaskEntry(name, factory, inputs, flash, positions, cache_bounds, generates, intervals)
         return factory
 
     return decorator
@@ -184,6 +193,12 @@ def available_masks() -> list[str]:
 def mask_input_names() -> set[str]:
     """Every per-call input name any registered strategy declares (e.g. ``prefix_lengths``)."""
     return {name for entry in _MASKS.values() for name in entry.inputs}
+
+
+def entry_of(factory: Callable[..., MaskMod], name: str) -> MaskEntry:
+    """The entry ``factory`` was registered with (unpickling, copying); the current ``name`` if it never was here."""
+    entry = _BY_FACTORY.get(factory)
+    return entry if entry is not None else get_mask(name)
 
 
 def get_mask(name: str) -> MaskEntry:

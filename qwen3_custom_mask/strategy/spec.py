@@ -14,7 +14,6 @@ position_ids, for_layer), so the model glue never looks at which kind it holds.
 
 from __future__ import annotations
 
-import copyreg
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,15 +36,6 @@ class Strategy:
 
     def to_dict(self) -> Any:
         raise NotImplementedError
-
-    def __reduce__(self):
-        # Pickled (and copied) as its spec, what config.json stores: the registry's entries hold functions, lambdas
-        # too, that pickle cannot name, and a whole-model torch.save or multiprocessing must not fail on them.
-        if type(self).__module__.startswith("qwen3_custom_mask."):
-            from .resolve import resolve_strategy
-
-            return resolve_strategy, (self.to_dict(),)
-        return copyreg.__newobj__, (type(self),), dict(vars(self))  # a user's own Strategy subclass: as before
 
     def mask_mod(self, **inputs: Any) -> MaskMod:
         """The mask_mod for one forward; ``inputs`` holds per-call inputs and context args (see registry)."""
