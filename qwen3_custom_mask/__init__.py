@@ -56,6 +56,7 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
+
 def __getattr__(name: str):
     if name in _moved.MOVED:  # `qwen3_custom_mask.modeling.X` after `import qwen3_custom_mask`, as in 0.1.0
         return import_module(f".{name}", __name__)

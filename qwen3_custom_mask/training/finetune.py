@@ -9,12 +9,9 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .collators import CountingCollator
-
-IGNORE_INDEX = -100  # == packing.IGNORE_INDEX (this module imports torch only inside train())
+from .collators import CountingCollator, collator_for, pack_dataset  # the training package imports torch anyway
+from .packing import IGNORE_INDEX
 
 logger = logging.getLogger("finetune")
 
@@ -110,7 +107,6 @@ def train(args):
 
     from ..model import CustomQwen3ForCausalLM
     from ..model.compat import checkpointing_argument
-    from .collators import CountingCollator, collator_for, pack_dataset
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
