@@ -73,6 +73,7 @@ def model_for(models):
     yield get
     for model in models.values():
         model.set_mask_strategy("causal")
+        model.config.use_cache = True  # as loaded: Trainer sets it to TrainingArguments.use_cache (False)
 
 
 def left_padded(batch=2, length=12, pads=(3, 0), vocab=250, seed=0):

@@ -361,3 +361,48 @@ def test_trl_padding_free_sft_trains_on_the_isolated_documents(stock_dir, tmp_pa
         total = total + torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
         count += int(keep.sum())
     torch.testing.assert_close(loss, total / count, atol=1e-4, rtol=1e-4)
+
+
+IMPORTED_AFTER = r"""
+import sys
+import torch
+from qwen3_custom_mask import CustomQwen3ForCausalLM
+assert "peft" not in sys.modules and "trl" not in sys.modules, "imported too early for this test"
+model = CustomQwen3ForCausalLM.from_pretrained(sys.argv[1])
+if sys.argv[2] == "peft":
+    from peft import IA3Config, LoraConfig, get_peft_model
+    lora = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM")).peft_config["default"].target_modules
+    model = CustomQwen3ForCausalLM.from_pretrained(sys.argv[1])
+    ia3 = get_peft_model(model, IA3Config(task_type="CAUSAL_LM")).peft_config["default"].target_modules
+    from transformers import Qwen3ForCausalLM
+    stock = [sorted(get_peft_model(Qwen3ForCausalLM.from_pretrained(sys.argv[1]), c(task_type="CAUSAL_LM")).peft_config["default"].target_modules)
+             for c in (LoraConfig, IA3Config)]
+    print(sorted(lora), sorted(ia3), "stock:", *stock)
+else:  # TRL imports PEFT itself, lazily, for peft_config=
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    from peft import LoraConfig
+    args = SFTConfig(output_dir=sys.argv[3], max_steps=1, report_to="none", use_cpu=True, save_strategy="no", max_length=16)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"text": "The sky is blue."}] * 2),
+                         processing_class=AutoTokenizer.from_pretrained(sys.argv[1]), peft_config=LoraConfig(task_type="CAUSAL_LM"))
+    print(sorted(trainer.model.peft_config["default"].target_modules))
+"""
+
+
+@pytest.mark.parametrize("client", ["peft", "trl"])
+def test_peft_defaults_whatever_the_import_order(stock_dir, tmp_path, client):
+    """PEFT imported after the model is built (the usual order in a script, and TRL's lazy import for peft_config=):
+    the plugin's model_type still gets Qwen3's default target modules. (This session imports PEFT first: a fresh one.)"""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", IMPORTED_AFTER, str(stock_dir), client, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    if client == "peft":  # LoRA, IA3: what stock Qwen3 gets in the same process
+        plugin, stock = last.split(" stock: ")
+        assert plugin == stock and "q_proj" in plugin, last
+    else:
+        assert last == "['q_proj', 'v_proj']", last

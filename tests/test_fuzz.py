@@ -37,7 +37,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache, GenerationConfig, StaticCache, Trainer, TrainingArguments, default_data_collator
 
@@ -50,7 +50,7 @@ LONG = os.environ.get("QWEN3_MASK_FUZZ") == "long"
 TOTAL = int(os.environ.get("QWEN3_MASK_FUZZ_CASES", 1000 if LONG else 60))
 # Share of the cases per path (forward is cheapest and has the most dimensions).
 SHARES = {"forward": 0.4, "generate": 0.3, "verify": 0.1, "trainer": 0.1, "blocks": 0.1,
-          "packed": 0.1, "packed_decode": 0.05, "trainer_options": 0.05, "continuous_batching": 0.03}
+          "packed": 0.2, "packed_decode": 0.1, "trainer_options": 0.05, "continuous_batching": 0.03}
 CASES = {path: max(1, round(TOTAL * share)) for path, share in SHARES.items()}
 BACKENDS = ["eager", "sdpa", "flex_attention"] if LONG else ["eager", "sdpa"]
 COUNTER = {"cases": 0, "start": time.perf_counter()}
@@ -81,6 +81,7 @@ SPECS = st.recursive(
     ),
     max_leaves=4,
 )
+USE_CACHE = st.sampled_from(["default", True, False])  # "default": as users call it (eval: the config's True)
 PROFILE = dict(deadline=None, derandomize=not LONG, database=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much])
 
@@ -157,9 +158,12 @@ def counted():
 @settings(max_examples=CASES["forward"], **PROFILE)
 @given(spec=SPECS, data=batches(), backend=st.sampled_from(BACKENDS), split=st.integers(1, 11),
        config=st.sampled_from(["plain", "sliding-layers"]), embeds=st.booleans(),
-       cache_kind=st.sampled_from(["none", "dynamic", "static", "bounded"]))
+       cache_kind=st.sampled_from(["none", "dynamic", "static", "bounded"]), mode=st.sampled_from(["eval", "train"]),
+       use_cache=USE_CACHE)
 @torch.no_grad()
-def test_forward_paths_match_the_reference(model_for, spec, data, backend, split, config, embeds, cache_kind):
+def test_forward_paths_match_the_reference(model_for, spec, data, backend, split, config, embeds, cache_kind, mode, use_cache):
+    """Without a cache of its own, a whole forward runs in eval and train mode with use_cache left at its
+    default (eval: the body makes a cache) or forced on or off."""
     ids, mask, side, prefix, docs = data
     strategy = resolve_strategy(spec)
     inputs = inputs_for(strategy, prefix, docs)
@@ -174,15 +178,20 @@ def test_forward_paths_match_the_reference(model_for, spec, data, backend, split
     def call(start, end, cache):
         tokens = {"inputs_embeds": embed(ids[:, start:end])} if embeds else {"input_ids": ids[:, start:end]}
         pos = None if given_positions is None else given_positions[:, start:end]
+        caching = {"use_cache": True} if cache is not None else {} if use_cache == "default" else {"use_cache": use_cache}
         return model(**tokens, attention_mask=mask[:, :end], position_ids=pos, past_key_values=cache,
-                     use_cache=cache is not None, **extended(inputs, end)).logits
+                     **caching, **extended(inputs, end)).logits
 
     length = ids.shape[1]
     if "prefix_lengths" in inputs:  # a cached prefix must lie inside the prefill (documented contract)
         split = max(split, int((length - mask.sum(-1) + prefix).max()))
     split = min(split, length)
     if cache_kind == "none" or side == "right" or looks_ahead(strategy, mask, inputs, split):
-        torch.testing.assert_close(call(0, length, None)[padding], ref[padding], atol=1e-4, rtol=1e-4)
+        model.train(mode == "train")
+        try:
+            torch.testing.assert_close(call(0, length, None)[padding], ref[padding], atol=1e-4, rtol=1e-4)
+        finally:
+            model.eval()
     else:
         cache = {"dynamic": lambda: DynamicCache(config=model.config), "static": lambda: StaticCache(config=model.config, max_cache_len=16),
                  "bounded": BoundedCache}[cache_kind]()
@@ -413,64 +422,105 @@ def packed_row(lengths, seed):
     return ids, positions, documents
 
 
-@settings(max_examples=CASES["packed"], **PROFILE)
-@given(spec=SPECS, lengths=st.lists(st.integers(1, 5), min_size=1, max_size=4), backend=st.sampled_from(BACKENDS),
-       config=st.sampled_from(["plain", "sliding-layers"]), seed=st.integers(0, 2**16))
-@torch.no_grad()
-def test_padding_free_packed_rows_match_each_document_alone(model_for, spec, lengths, backend, config, seed):
-    strategy = resolve_strategy(spec)
-    ids, positions, documents = packed_row(lengths, seed)
-    ones = torch.ones_like(ids)
-    model = model_for(backend, strategy, config)
-    extra = {"prefix_lengths": torch.tensor([1])} if "prefix_lengths" in strategy.inputs else {}
-    call = dict(input_ids=ids, position_ids=positions, use_cache=False, **extra)
-    if set(strategy.inputs) - {"document_ids"} and len(lengths) > 1:  # a per-row input cannot be read per document
-        with pytest.raises(ValueError, match="position_ids restart inside a row"):
-            model(**call)
-        counted()
-        return
-    inputs = {**extra, **({"document_ids": documents} if "document_ids" in strategy.inputs else {})}
-    whole_row = strategy.flash_form() == {"is_causal": False} or len(lengths) == 1
-    if whole_row:  # bidirectional keeps stock's whole-row result
-        assume(not has_empty_real_rows(strategy, ones, inputs))
-        ref = expected_logits(model, ids, ones, positions, inputs)
-        torch.testing.assert_close(model(**call).logits, ref, atol=1e-4, rtol=1e-4)
-    else:
-        got, start = model(**call).logits, 0
-        for n in lengths:
-            alone = ids[:, start : start + n]
-            alone_inputs = {"document_ids": torch.zeros_like(alone)} if "document_ids" in strategy.inputs else {}
-            assume(not has_empty_real_rows(strategy, torch.ones_like(alone), alone_inputs))
-            ref = expected_logits(model, alone, torch.ones_like(alone), torch.arange(n)[None], alone_inputs)
-            torch.testing.assert_close(got[:, start : start + n], ref, atol=1e-4, rtol=1e-4)
-            start += n
-    counted()
+def each_document_alone(model, ids, lengths, strategy):
+    """The reference run on each document of a packed row alone, at its own positions, concatenated; None where
+    some real row of a document sees nothing (no defined value)."""
+    pieces, start = [], 0
+    for n in lengths:
+        alone = ids[:, start : start + n]
+        alone_inputs = {"document_ids": torch.zeros_like(alone)} if "document_ids" in strategy.inputs else {}
+        if has_empty_real_rows(strategy, torch.ones_like(alone), alone_inputs):
+            return None
+        pieces.append(expected_logits(model, alone, torch.ones_like(alone), torch.arange(n)[None], alone_inputs))
+        start += n
+    return torch.cat(pieces, 1)
 
 
 DOCUMENT_SPECS = st.one_of(
     st.just("document"),
     st.builds(lambda w: {"and": ["document", {"name": "sliding_window", "window": w}]}, small),
     st.builds(lambda s, w: {"and": ["document", {"name": "attention_sinks", "sinks": s, "window": w}]}, st.integers(0, 2), small),
+    st.builds(lambda c: {"and": ["document", {"name": "chunked", "chunk_size": c}]}, small),
+    st.builds(lambda t, w: {"and": ["document", {"name": "global_tokens", "tokens": t, "window": w}]}, st.lists(st.integers(0, 3), max_size=2), small),
 )
+
+
+@settings(max_examples=CASES["packed"], **PROFILE)
+@given(spec=st.one_of(SPECS, DOCUMENT_SPECS), lengths=st.lists(st.integers(1, 5), min_size=1, max_size=4), backend=st.sampled_from(BACKENDS),
+       config=st.sampled_from(["plain", "sliding-layers"]), seed=st.integers(0, 2**16), mode=st.sampled_from(["eval", "train"]),
+       use_cache=USE_CACHE, ones_mask=st.booleans())
+@example(spec={"and": ["document", {"name": "attention_sinks", "sinks": 1, "window": 2}]}, lengths=[5, 6], backend="sdpa",
+         config="plain", seed=0, mode="eval", use_cache="default", ones_mask=False)  # the fifth review's case
+@torch.no_grad()
+def test_padding_free_packed_rows_match_each_document_alone(model_for, spec, lengths, backend, config, seed, mode, use_cache, ones_mask):
+    """Restarting position_ids in train and eval mode, use_cache left at its default or forced, with or without an
+    all-ones attention_mask. Each document alone where stock's packed detection applies (no cache, no mask) and,
+    for a strategy with `document`, always; otherwise stock's meaning: the whole row."""
+    strategy = resolve_strategy(spec)
+    ids, positions, documents = packed_row(lengths, seed)
+    ones = torch.ones_like(ids)
+    model = model_for(backend, strategy, config)
+    extra = {"prefix_lengths": torch.tensor([1])} if "prefix_lengths" in strategy.inputs else {}
+    call = dict(input_ids=ids, position_ids=positions, **extra)
+    if use_cache != "default":
+        call["use_cache"] = use_cache
+    if ones_mask:
+        call["attention_mask"] = ones
+    detected = not ones_mask and (use_cache is False or (use_cache == "default" and not model.config.use_cache))
+    per_row_input = bool(set(strategy.inputs) - {"document_ids"})
+    documents_declared = "document_ids" in strategy.inputs and not per_row_input
+    model.train(mode == "train")
+    try:
+        if per_row_input and detected and len(lengths) > 1:  # a per-row input cannot be read per document
+            with pytest.raises(ValueError, match="position_ids restart inside a row"):
+                model(**call)
+            counted()
+            return
+        inputs = {**extra, **({"document_ids": documents} if "document_ids" in strategy.inputs else {})}
+        whole_row = strategy.flash_form() == {"is_causal": False} or len(lengths) == 1 or not (detected or documents_declared)
+        if whole_row:  # bidirectional keeps stock's whole-row result; so does a cache or mask without `document`
+            if "document_ids" in strategy.inputs and len(lengths) > 1:
+                inputs = {**extra, "document_ids": torch.zeros_like(documents)}  # one row, read as one document
+            assume(not has_empty_real_rows(strategy, ones, inputs))
+            ref = expected_logits(model, ids, ones, positions, inputs)
+        else:
+            ref = each_document_alone(model, ids, lengths, strategy)
+            assume(ref is not None)
+        torch.testing.assert_close(model(**call).logits, ref, atol=1e-4, rtol=1e-4)
+    finally:
+        model.eval()
+    counted()
+
+
 
 
 @settings(max_examples=CASES["packed_decode"], **PROFILE)
 @given(spec=DOCUMENT_SPECS, lengths=st.lists(st.integers(1, 5), min_size=2, max_size=4), backend=st.sampled_from(BACKENDS),
-       split=st.integers(1, 19), cache_kind=st.sampled_from(["dynamic", "static"]), seed=st.integers(0, 2**16))
+       split=st.integers(1, 19), cache_kind=st.sampled_from(["default", "dynamic", "static"]), seed=st.integers(0, 2**16))
+@example(spec={"and": ["document", {"name": "chunked", "chunk_size": 2}]}, lengths=[5, 6], backend="sdpa", split=11,
+         cache_kind="default", seed=0)
 @torch.no_grad()
 def test_cached_decoding_after_a_packed_prefill_keeps_the_documents(model_for, spec, lengths, backend, split, cache_kind, seed):
-    """Prefill part of a packed row with restarting positions, then one token at a time with its own position
-    (continuing a document, or 0: a new one); every step against the reference over the whole row."""
+    """Prefill part of a packed row with restarting positions (into the cache an eval forward makes by default, or
+    a given one), then one token at a time with its own position (continuing a document, or 0: a new one); every
+    step against each document alone."""
     strategy = resolve_strategy(spec)
     ids, positions, documents = packed_row(lengths, seed)
     length = ids.shape[1]
     split = min(split, length - 1)
     model = model_for(backend, strategy)
-    cache = DynamicCache(config=model.config) if cache_kind == "dynamic" else StaticCache(config=model.config, max_cache_len=24)
-    pieces = [model(ids[:, :split], position_ids=positions[:, :split], cache=cache, use_cache=True).logits]
+    if cache_kind == "default":  # use_cache left alone: the body makes the cache and returns it
+        out = model(ids[:, :split], position_ids=positions[:, :split])
+        cache = out.get("cache", out.get("past_key_values"))
+        assert cache is not None, (model.config.use_cache, model.generation_config)
+        pieces = [out.logits]
+    else:
+        cache = DynamicCache(config=model.config) if cache_kind == "dynamic" else StaticCache(config=model.config, max_cache_len=24)
+        pieces = [model(ids[:, :split], position_ids=positions[:, :split], cache=cache, use_cache=True).logits]
     for t in range(split, length):
         pieces.append(model(ids[:, t : t + 1], position_ids=positions[:, t : t + 1], cache=cache, use_cache=True).logits)
-    ref = expected_logits(model, ids, torch.ones_like(ids), positions, {"document_ids": documents})
+    ref = each_document_alone(model, ids, lengths, strategy)  # every part counts from its document's start
+    assume(ref is not None)
     torch.testing.assert_close(torch.cat(pieces, 1), ref, atol=1e-4, rtol=1e-4)
     counted()
 

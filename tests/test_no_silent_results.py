@@ -158,3 +158,87 @@ def test_prefix_lm_assisted_decoding_with_any_draft(checkpoint, draft_strategy):
     expected = model.generate(ids, max_new_tokens=6, do_sample=False)
     assert not torch.equal(expected, Qwen3ForCausalLM.from_pretrained(checkpoint).eval().generate(ids, max_new_tokens=6, do_sample=False))
     assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False, assistant_model=draft), expected)
+
+
+# --- Fifth review: one packed row, one meaning (eval defaults, every cache kind, generate, Trainer evaluation) ---
+PACKED_COMPOSITIONS = [
+    {"and": ["document", {"name": "attention_sinks", "sinks": 1, "window": 2}]},
+    {"and": ["document", {"name": "chunked", "chunk_size": 2}]},
+    {"and": ["document", {"name": "global_tokens", "tokens": [0], "window": 1}]},
+    {"or": ["document", {"name": "sliding_window", "window": 2}]},
+    {"layers": {"0": "document", "1": {"and": ["document", {"name": "attention_sinks", "sinks": 1, "window": 1}]}}},
+]
+
+
+def two_documents(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    first, second = torch.randint(0, 250, (1, 5), generator=g), torch.randint(0, 250, (1, 6), generator=g)
+    return first, second, torch.cat([first, second], 1), torch.cat([torch.arange(5), torch.arange(6)])[None]
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex_attention"])
+@pytest.mark.parametrize("spec", PACKED_COMPOSITIONS, ids=["sinks", "chunked", "global_tokens", "or", "layers"])
+@torch.no_grad()
+def test_a_packed_row_reads_each_document_alone_whatever_use_cache(model_for, backend, spec):
+    """Restarting position_ids: the second document's logits equal it alone, under eval defaults (use_cache=True,
+    so the body makes a cache), forced on and off, in train mode, with an all-ones mask, and through model.model."""
+    model = model_for(backend, spec)
+    first, second, row, positions = two_documents()
+    alone = model(second, use_cache=False).logits
+    for call in ({}, {"use_cache": True}, {"use_cache": False}, {"attention_mask": torch.ones_like(row)}):
+        got = model(row, position_ids=positions, **call).logits[:, 5:]
+        torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5, msg=lambda m: f"{call}: {m}")
+    hidden = model.model(row, position_ids=positions).last_hidden_state[:, 5:]
+    torch.testing.assert_close(hidden, model.model(second).last_hidden_state, atol=1e-5, rtol=1e-5)
+    model.train()
+    try:
+        torch.testing.assert_close(model(row, position_ids=positions).logits[:, 5:], alone, atol=1e-5, rtol=1e-5)
+    finally:
+        model.eval()
+
+
+@pytest.mark.parametrize("spec", PACKED_COMPOSITIONS[:3], ids=["sinks", "chunked", "global_tokens"])
+@pytest.mark.parametrize("decoding", [{}, {"use_cache": False}, {"cache_implementation": "static"}, {"num_beams": 2},
+                                      {"attention_mask": "ones"}], ids=["dynamic", "no-cache", "static", "beams", "mask"])
+@torch.no_grad()
+def test_generate_continues_the_last_packed_document_as_if_alone(model_for, spec, decoding):
+    model = model_for("sdpa", spec)
+    first, second, row, positions = two_documents(seed=1)
+    options = dict(max_new_tokens=6, do_sample=False, **decoding)
+    if options.get("attention_mask") == "ones":
+        options["attention_mask"] = torch.ones_like(row)
+    beams = {"num_beams": 2} if "num_beams" in decoding else {}
+    want = model.generate(second, max_new_tokens=6, do_sample=False, use_cache=False, **beams)[0, 6:]
+    assert model.generate(row, position_ids=positions, **options)[0, 11:].tolist() == want.tolist()
+
+
+def test_trainer_evaluation_of_packed_rows_reads_each_document_alone(model_for, tmp_path):
+    """Trainer.evaluate (eval mode, use_cache left at its default) gives each document's own loss."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    model = model_for("sdpa", PACKED_COMPOSITIONS[0])
+    first, second, row, positions = two_documents(seed=2)
+    labels = row.clone()
+    labels[:, 5] = -100  # the first token of the second document is not predicted across the boundary
+    dataset = Dataset.from_dict({"input_ids": row.tolist(), "position_ids": positions.tolist(), "labels": labels.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=1, report_to="none", use_cpu=True)
+    loss = Trainer(model=model, args=args, eval_dataset=dataset, data_collator=default_data_collator).evaluate()["eval_loss"]
+    with torch.no_grad():
+        per_doc = [model(doc, labels=doc, use_cache=False).loss * (doc.shape[1] - 1) for doc in (first, second)]
+    assert loss == pytest.approx(float(sum(per_doc) / 9), abs=1e-5)
+
+
+def test_a_stock_config_read_from_a_newer_plugin_folder_is_refused(checkpoint, tmp_path):
+    """The spec-version guard on the paths that convert a stock Qwen3Config: the constructor and config=."""
+    from transformers import Qwen3Config
+
+    CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="prefix_lm").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["mask_spec_version"] = 99
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    stock_config = Qwen3Config.from_pretrained(tmp_path)
+    for build in (lambda: CustomQwen3ForCausalLM(stock_config),
+                  lambda: CustomQwen3ForCausalLM.from_pretrained(tmp_path, config=stock_config)):
+        with pytest.raises(ValueError, match="newer qwen3-custom-mask.*pip install -U qwen3-custom-mask"):
+            build()

@@ -131,6 +131,8 @@ def test_strategy_flag_serves_a_stock_checkpoint_under_another_strategy():
     (["{plugin}", "--strategy", "bidirectional"], "'bidirectional' lets a token see tokens generated after it"),
     (["{plugin}", "--strategy", "prefix_lm", "--continuous-batching"], "'prefix_lm' reads each prompt as a whole"),
     (["{plugin}", "--strategy", "slidng_window"], "Did you mean 'sliding_window'?"),
+    (["{plugin}", "--continuous-batching", "--attn-implementation", "paged|flex_attention"], "serves the 'causal' strategy only"),
+    (["{plugin}", "--continuous-batching", "--attn-implementation=paged|flex_attention"], "serves the 'causal' strategy only"),
     (["{plugin}", "--port", "notaport"], "Invalid value for '--port'"),
 ])
 def test_a_server_that_cannot_start_exits_2_with_one_line(plugin_dir, args, message):

@@ -6,6 +6,7 @@ mistake answers in a fraction of a second.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import logging
@@ -326,9 +327,10 @@ def cmd_serve(args, rest) -> int:
 
     config = CustomQwen3Config.from_pretrained(path)
     strategy = resolve_strategy(spec if spec is not None else config.mask_strategy)
-    why = serving_refusal(strategy, config.num_hidden_layers, config.num_attention_heads, "--continuous-batching" in rest)
-    backend = next((rest[i + 1] for i, flag in enumerate(rest[:-1]) if flag == "--attn-implementation"), None)
-    if why is None and "--continuous-batching" in rest and backend and not backend.endswith(("sdpa", "eager")):
+    served = _served_options(rest)
+    why = serving_refusal(strategy, config.num_hidden_layers, config.num_attention_heads, served.continuous_batching)
+    backend = served.attn_implementation
+    if why is None and served.continuous_batching and backend and not backend.endswith(("sdpa", "eager")):
         if any(strategy.for_layer(i).flash_form() != {} for i in range(config.num_hidden_layers)):
             why = (f"Continuous batching with {backend} serves the 'causal' strategy only (the engine gives it no mask): "
                    f"use --attn-implementation sdpa to serve {strategy.name!r}.")
@@ -337,6 +339,15 @@ def cmd_serve(args, rest) -> int:
     from ..serving.server import serve
 
     return serve(path, None if spec is None else strategy.to_dict(), rest)
+
+
+def _served_options(rest: list[str]) -> argparse.Namespace:
+    """The transformers serve options the plugin checks, spelled as that CLI takes them (``--flag value`` or
+    ``--flag=value``); the rest are transformers' to read."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--attn-implementation")
+    parser.add_argument("--continuous-batching", action=argparse.BooleanOptionalAction, default=False)  # click's --x/--no-x
+    return parser.parse_known_args(rest)[0]
 
 
 def cmd_finetune(args, rest) -> None:

@@ -11,8 +11,9 @@
 
 Boundaries come from ``document_ids`` (batch, tokens), or else from ``position_ids`` that restart at 0
 (or jump) where a new document begins, read the way transformers' packed-sequence detection reads them.
-Unlike that detection, the boundaries are honoured with a KV cache and with an all-ones attention_mask,
-and a call that gives neither raises. Without explicit ``position_ids`` each token's position counts the
+Unlike that detection, the boundaries are honoured with a KV cache and with an all-ones attention_mask
+(and every other part of a composition then counts from each document's start, model/packed.py), and a
+training call that gives neither raises. Without explicit ``position_ids`` each token's position counts the
 earlier tokens of its own document (across its runs, when ids interleave), so RoPE sees each document as
 if it stood alone. ``causal=False`` makes each document
 bidirectional (packed embedding training). Compose with others, e.g. ``{"and": ["document",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import logging
 import sys
 from functools import partial
+from importlib.abc import MetaPathFinder
 from typing import Any
 
 import torch
@@ -26,7 +28,7 @@ from ..strategy.lowering import FLASH_BACKENDS
 from ..strategy.registry import mask_input_names
 from . import paged
 from .compat import check_internals, check_model_internals, forward_cache_kwarg, pop_cache, warn_if_untested
-from .configuration import CustomQwen3Config, strategy_fields
+from .configuration import MASK_SPEC_VERSION, CustomQwen3Config, check_spec_version, strategy_fields
 from .masking import LayerMasks, build_masks, flash_error, pick_layer_mask
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ COLLATOR_COLUMNS = ("prompt_length",)
 def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
     """A copy of a plain `Qwen3Config` as a `CustomQwen3Config`: every field and setting as it is (the backend
     choice included, nothing re-validated, as stock took it), causal unless it says ``is_causal: false``."""
+    # A stock config read from a plugin folder carries the folder's spec fields: a newer spec is refused here too.
+    check_spec_version({"mask_spec_version": getattr(config, "mask_spec_version", MASK_SPEC_VERSION)})
     if isinstance(config, CustomQwen3Config):
         return config
     custom = copy.copy(config)
@@ -55,15 +59,46 @@ def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
     return custom
 
 
+PEFT_TABLES = "peft.utils.constants"
+
+
 def register_with_peft() -> None:
     """PEFT picks defaults by model_type (LoraConfig() and IA3Config() without target_modules, ...): the plugin's
-    model_type gets Qwen3's entries. Called at import and when a model is built, once PEFT is imported."""
-    constants = sys.modules.get("peft.utils.constants")
+    model_type gets Qwen3's entries. Runs at import if PEFT is already imported, else right after PEFT's tables
+    are (`PeftTablesHook`): a script (or TRL, lazily) that imports PEFT after building the model gets them too."""
+    constants = sys.modules.get(PEFT_TABLES)
     if constants is None:
+        PeftTablesHook.install()
         return
     for table in vars(constants).values():
         if isinstance(table, dict) and "qwen3" in table and CustomQwen3Config.model_type not in table:
             table[CustomQwen3Config.model_type] = table["qwen3"]
+
+
+class PeftTablesHook(MetaPathFinder):
+    """An import hook that runs `register_with_peft` as soon as ``peft.utils.constants`` has executed, before
+    any other PEFT module reads its tables; it finds nothing itself (the usual finders do) and then removes itself."""
+
+    @classmethod
+    def install(cls) -> None:
+        if not any(type(f).__qualname__ == cls.__qualname__ for f in sys.meta_path):  # once, across reloads
+            sys.meta_path.insert(0, cls())
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != PEFT_TABLES:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module  # this spec's own loader object: patching it touches no other module
+
+        def exec_then_register(module):
+            run(module)
+            register_with_peft()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
 
 
 def is_paged(cache) -> bool:

@@ -25,7 +25,6 @@ from .compat import generate_cache_kwarg, pop_cache
 from .configuration import PLUGIN_FIELDS
 from ..strategy.lowering import dense_mask
 from .masking import LayerMasks, as_bool_user_mask, build_masks
-from ..masks.document import document_ids_of
 from ..masks.user_mask import check_user_mask
 from ..strategy.registry import mask_input_names
 
@@ -68,11 +67,6 @@ class MaskedGenerationMixin:
         for name in strategy.inputs:  # tensors, so that beam search expands them per beam
             if kwargs.get(name) is not None:
                 kwargs[name] = torch.as_tensor(kwargs[name])
-        if "document_ids" in strategy.inputs and kwargs.get("document_ids") is None and kwargs.get("position_ids") is not None:
-            # Read the boundaries once from the prompt's positions: later steps only see the new positions.
-            positions = torch.as_tensor(kwargs["position_ids"])
-            padding = torch.ones(positions.shape[0], positions.shape[-1], dtype=torch.bool, device=positions.device)
-            kwargs["document_ids"] = document_ids_of(None, positions, padding)
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:

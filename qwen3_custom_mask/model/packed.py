@@ -31,6 +31,29 @@ def within_documents(mask_mod, sequences: torch.Tensor, positions: torch.Tensor)
     return packed
 
 
+def documents_from_positions(strategy, row_positions, seen: int, total: int, batch_size: int):
+    """``(sequences, positions)``, each (B, total), for a composition with ``document`` whose boundaries come from
+    ``row_positions`` (B or 1, seen) that restart inside a row, with no document_ids; else ``(None, None)``.
+
+    Such a strategy reads each document alone (sinks, chunks, global tokens counted from each document's
+    start) in every forward: with a KV cache (the positions kept by `continue_documents`), with an
+    attention_mask and in generate(), exactly as without them (`packed_documents`). Stock's detection stops
+    there, and would leave the other parts reading row positions in documents that ``document`` hides. A plain
+    ``document`` needs no remap (its own mask already is each document alone)."""
+    if "document_ids" not in strategy.inputs or strategy.name == "document" or set(strategy.inputs) - {"document_ids"}:
+        return None, None
+    seen = int(seen)
+    if row_positions is None or row_positions.shape[-1] != seen:
+        return None, None
+    rows = row_positions.reshape(-1, seen).expand(batch_size, -1)
+    sequences = find_packed_sequence_indices(rows)
+    if sequences is None:
+        return None, None
+    if total > seen:  # a static cache's unwritten slots: padding, never attended; any index will do
+        sequences, rows = (torch.cat([t, t[:, -1:].expand(-1, total - seen)], dim=-1) for t in (sequences, rows))
+    return sequences, rows
+
+
 def refuse_packed(strategy) -> None:
     needs = sorted(set(strategy.inputs) - {"document_ids"})
     raise ValueError(
