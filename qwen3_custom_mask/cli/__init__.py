@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("generate", "demo", "export"):  # flag mistakes answer before anything heavy is imported
         try:
             _check_flags(args)
-        except (UserError, ValueError, TypeError, KeyError) as err:
+        except (UserError, ValueError, TypeError, KeyError, OSError) as err:
             print(f"qwen3-mask: error: {_message(err)}", file=sys.stderr)
             return EXIT_USAGE
     if args.verbose and untested_notice():  # after the flag check: a mistake stays one line, -v or not

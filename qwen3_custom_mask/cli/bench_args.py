@@ -25,16 +25,29 @@ import argparse
 
 from .args import OneLineParser
 
+DTYPES = ("float32", "bfloat16", "float16")
+BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+def device_name(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"(cpu|cuda|mps|xpu)(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N")
+    return text
+
+
 STRATEGY_NAMES = ("causal", "sliding_window(256)", "prefix_lm(half)", "document(8 docs)", "attention_sinks(4, 256)")
 
 
 def parse_args(argv=None):
     parser = OneLineParser(prog="qwen3-mask bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--device", default=None, type=device_name, help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--layers", type=int, default=None, help="default: 2 on CPU, 8 on CUDA")
     parser.add_argument("--vocab", type=int, default=32768)
-    parser.add_argument("--backends", nargs="+", default=["eager", "sdpa", "flex_attention"])
+    parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS,
+                        help="default: eager sdpa flex_attention (--quick: eager sdpa)")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGY_NAMES), choices=STRATEGY_NAMES)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096])
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
@@ -49,7 +62,8 @@ def parse_args(argv=None):
     parser.add_argument("--grid-limit", type=int, default=8192, help="longest length whose grid-built BlockMask is timed")
     parser.add_argument("--decode-context", type=int, default=1024)
     parser.add_argument("--decode-new-tokens", type=int, default=32)
-    parser.add_argument("--quick", action="store_true", help="lengths 128/256, 8 new tokens, 2 repeats, sparsity at 512")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (1-2 minutes on 2 CPU cores): prefill and "
+                        "decode only (no compiled or flex sections unless asked for), lengths 128/256, 8 new tokens, 2 repeats")
     parser.add_argument("--markdown", help="write the Markdown tables to this file")
     return parser.parse_args(argv)
 
@@ -62,4 +76,7 @@ def resolve_defaults(args, cuda: bool):
     args.layers = args.layers or (8 if on_cuda else 2)
     if args.quick:
         args.lengths, args.new_tokens, args.repeats, args.sparse_length, args.vocab = [128, 256], 8, 2, 512, 4096
+        args.backends = args.backends or ["eager", "sdpa"]  # flex compiles per shape on CPU: minutes, not a smoke run
+        args.no_compiled = args.no_compiled or args.only != "compiled"
+    args.backends = args.backends or ["eager", "sdpa", "flex_attention"]
     return args

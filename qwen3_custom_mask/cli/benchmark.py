@@ -300,6 +300,7 @@ def main(argv=None) -> str:
     args = argv if isinstance(argv, argparse.Namespace) else parse_args(argv)
     resolve_defaults(args, cuda=torch.cuda.is_available())
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger(__package__).setLevel(logging.INFO)  # a line per measurement, as it lands: long work shows progress
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -308,6 +309,12 @@ def main(argv=None) -> str:
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     wanted = lambda section: args.only in (None, section)  # noqa: E731
+    sections = [name for name, on in (("compiled static-cache decode (compiles each strategy)", wanted("compiled") and not args.no_compiled),
+                                      ("flex sparsity", wanted("prefill") and not args.no_sparse and "flex_attention" in args.backends),
+                                      ("prefill and decode", wanted("prefill")), ("block masks", args.only == "block-masks"),
+                                      ("continuous-batching serving", args.only == "serving")) if on]
+    logger.info("bench: %s on %s, %s, %d layers; sections: %s", ", ".join(args.backends), device_name, args.dtype, args.layers,
+                "; ".join(sections))
     compiled = compiled_decode(args) if wanted("compiled") and not args.no_compiled else []
     blocks = block_mask_costs(args) if args.only == "block-masks" else None  # long on CPU: asked for by name
     rows, sparse = [], []

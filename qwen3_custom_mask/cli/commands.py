@@ -10,8 +10,10 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import re
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -45,7 +47,10 @@ def _spec(text: str | None, params: dict | None = None):
     if text is None:
         spec = "causal"
     elif text.lstrip().startswith(("{", "[")):
-        spec = json.loads(text)
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"--strategy {text!r} is not valid JSON ({err}); e.g. '{{\"name\": \"sliding_window\", \"window\": 256}}'") from None
     else:
         spec = text
     if params:
@@ -150,8 +155,41 @@ def _check_flags(args) -> None:
         raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
     if getattr(args, "model", None):
         _model_path_exists(args.model)
-    if getattr(args, "strategy", None) and args.command in ("generate", "export"):
-        _spec(args.strategy)  # torch-free
+    stock = getattr(args, "stock", None)
+    if stock is not None and os.path.exists(stock) and not os.path.isdir(stock):
+        raise UserError(f"--stock {stock}: a file is there; give a folder to write the checkpoint to (created if missing)")
+    strategy = _spec(args.strategy) if getattr(args, "strategy", None) and args.command in ("generate", "export") else None
+    if device is not None and device.startswith("cuda"):
+        _check_device(device)  # imports torch (a second), not transformers or a model
+    if args.command in ("generate", "export") and (strategy is not None or args.command == "export"):
+        _check_strategy_fits(args, strategy)
+
+
+def _check_strategy_fits(args, strategy) -> None:
+    """What the checkpoint's config alone decides, before any weights load: a strategy generate() cannot cache
+    (without --no-cache), or one a stock checkpoint cannot express (export)."""
+    from ..strategy import resolve_strategy
+
+    path = _model_path(args.model)
+    if args.command == "export":  # the stock form reads layer_types as transformers derives them
+        from ..model.configuration import CustomQwen3Config
+        from ..serving.export import stock_form
+
+        config = CustomQwen3Config.from_pretrained(path)
+        stock_form(strategy if strategy is not None else resolve_strategy(config.mask_strategy), config)
+    elif not args.no_cache:  # config.json as it is (no transformers import: a second, not several)
+        from ..strategy.cacheable import serving_refusal
+
+        config = json.loads((Path(path) / "config.json").read_text()) if os.path.isdir(path) else None
+        if config is None:  # a hub id: generate() refuses it later, the same way
+            return
+        strategy = strategy if strategy is not None else resolve_strategy(config.get("mask_strategy"))
+        why = serving_refusal(strategy, config["num_hidden_layers"], config["num_attention_heads"], continuous_batching=False)
+        if why and "generated after it" in why:
+            raise UserError(f"The mask strategy {strategy.name!r} lets a token see tokens generated after it, which a KV "
+                            f"cache cannot honour: pass --no-cache (recomputes every step), or use prefix_lm or causal.")
+        if why:
+            raise UserError(why)
 
 
 def _model_path_exists(model_id: str) -> str:
@@ -322,7 +360,7 @@ def cmd_serve(args, rest) -> int:
         raise UserError(str(err).replace("--model ", "serve ", 1)) from None
     spec = _spec(args.strategy) if args.strategy else None
     from ..model.configuration import CustomQwen3Config
-    from ..model.paged import serving_refusal
+    from ..strategy.cacheable import serving_refusal
     from ..strategy import resolve_strategy
 
     config = CustomQwen3Config.from_pretrained(path)

@@ -15,11 +15,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-from transformers import GenerationConfig, Qwen3ForCausalLM
-
-from .tiny import tiny_qwen3_config
-
 logger = logging.getLogger(__name__)
 
 QWEN3_VOCAB = 151936  # the embedding size of every Qwen3 checkpoint (151,669 tokens, padded)
@@ -36,6 +31,10 @@ def default_checkpoint(path: str | Path | None = None) -> Path:
     path = Path(path) if path is not None else default_path()
     if (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
         return path
+    import torch  # here, not at the top: a path that is already built answers without torch or transformers
+    from transformers import GenerationConfig, Qwen3ForCausalLM
+
+    from .tiny import tiny_qwen3_config
     from .tokenizer import qwen3_tokenizer
 
     logger.info("Building the embedded default Qwen3 checkpoint in %s", path)

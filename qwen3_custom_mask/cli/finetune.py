@@ -23,6 +23,7 @@ the strategy, so ``from_pretrained(output_dir)`` brings it back.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -38,8 +39,10 @@ from .args import OneLineParser, run_script
 def parse_args(argv=None):
     prog = "qwen3-mask finetune" if os.path.basename(sys.argv[0] if sys.argv else "") == "qwen3-mask" else None
     parser = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint directory or hub id (official Qwen3 layout); required")
-    parser.add_argument("--data", help="local .json/.jsonl/.txt file or a datasets hub name; required")
+    listing = "--list-recipes" in (sys.argv[1:] if argv is None else argv)  # the one flag that needs neither
+    parser.add_argument("--model", required=not listing, help="checkpoint directory or hub id (official Qwen3 layout); the "
+                        "embedded default's folder: python -c 'import qwen3_custom_mask as q; print(q.default_checkpoint())'")
+    parser.add_argument("--data", required=not listing, help="local .json/.jsonl/.txt file or a datasets hub name")
     parser.add_argument("--recipe", help="a shipped recipe by name (packed_sft, prefix_lm, ...; see --list-recipes) "
                                          "or a .yaml file: mask_strategy + training defaults")
     parser.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
@@ -58,7 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=8, help="examples per device per step")
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--attn", default="sdpa", help="attn_implementation: eager, sdpa, flex_attention (GPU), flash_attention_2")
+    parser.add_argument("--attn", default="sdpa", choices=("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"),
+                        help="attn_implementation (flex_attention trains on GPU only)")
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters (PEFT) and merge them into the saved model")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
@@ -75,9 +79,6 @@ def parse_args(argv=None):
     if args.list_recipes:
         print(describe())
         raise SystemExit(0)
-    for flag in ("model", "data"):
-        if not getattr(args, flag):
-            parser.error(f"the following arguments are required: --{flag}")
     return args
 
 
@@ -88,22 +89,41 @@ def looks_local(text: str) -> bool:
 
 
 def check_args(args) -> None:
-    """Mistakes that need no model answer before anything heavy is imported; a local-looking path that does not
-    exist is never tried on the Hub."""
+    """Every mistake that needs no model, reported together in one line before anything heavy is imported (a
+    missing extra, a path, a strategy); a local-looking path that does not exist is never tried on the Hub."""
+    import importlib.util
+
+    problems = []
+    missing = [name for name in ("datasets", *(("peft",) if args.lora else ())) if importlib.util.find_spec(name) is None]
+    if missing:
+        problems.append(f"finetune needs {' and '.join(missing)}: pip install 'qwen3-custom-mask[train]'")
     model = os.path.expanduser(args.model)
     if (looks_local(args.model) or os.path.exists(model)) and not os.path.isfile(os.path.join(model, "config.json")):
         what = "no such folder" if not os.path.isdir(model) else "the folder has no config.json"
-        raise SystemExit(f"error: --model {args.model}: {what} (a checkpoint folder, or a hub id like Qwen/Qwen3-0.6B)")
+        problems.append(f"--model {args.model}: {what} (a checkpoint folder, or a hub id like Qwen/Qwen3-0.6B)")
     data = os.path.expanduser(args.data)
     if looks_local(args.data) and not os.path.isfile(data):
-        raise SystemExit(f"error: --data {args.data}: no such file (a local .json/.jsonl/.txt file, or a datasets hub name like owner/name)")
+        problems.append(f"--data {args.data}: no such file (a local .json/.jsonl/.txt file, or a datasets hub name like owner/name)")
     if args.loss_chunk_size is not None and args.loss_chunk_size < 0:
-        raise SystemExit(f"error: --loss-chunk-size {args.loss_chunk_size}: a number of tokens (e.g. 512), or 0 for stock's full logits")
+        problems.append(f"--loss-chunk-size {args.loss_chunk_size}: a number of tokens (e.g. 512), or 0 for stock's full logits")
+    for flag in ("max_length", "batch_size", "grad_accum", "lora_r"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            problems.append(f"--{flag.replace('_', '-')} {value}: give at least 1")
     if args.recipe:
         try:
             args.recipe = str(recipe_path(args.recipe))
         except FileNotFoundError as err:
-            raise SystemExit(f"error: {err}") from None
+            problems.append(str(err))
+    if args.strategy:
+        from ..strategy import resolve_strategy
+
+        try:
+            resolve_strategy(json.loads(args.strategy) if args.strategy.lstrip().startswith(("{", "[")) else args.strategy)
+        except (ValueError, TypeError, KeyError, OSError) as err:
+            problems.append(f"--strategy: {' '.join(str(err.args[0] if isinstance(err, KeyError) else err).split())}")
+    if problems:
+        raise SystemExit("error: " + "; ".join(problems))
 
 
 def main(argv=None):

@@ -104,12 +104,16 @@ def load_spec_file(path: str | Path) -> Any:
         raise FileNotFoundError(f"Mask strategy file {str(path)!r} does not exist (shipped presets, usable by name "
                                 f"from any folder: {', '.join(f'{n}.yaml' for n in preset_names())}).")
     text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
 
-        data = yaml.safe_load(text)
+            data = yaml.safe_load(text)
+    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError: say which file, in one line
+        where = " ".join(str(err).split())
+        raise ValueError(f"Mask strategy file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {where}") from None
     if isinstance(data, Mapping) and "mask_strategy" in data:
         data = data["mask_strategy"]
     if data is None:
