@@ -406,3 +406,25 @@ def test_peft_defaults_whatever_the_import_order(stock_dir, tmp_path, client):
         assert plugin == stock and "q_proj" in plugin, last
     else:
         assert last == "['q_proj', 'v_proj']", last
+
+
+REBUILD_WARNING = r"""
+import sys
+from qwen3_custom_mask import CustomQwen3ForCausalLM
+CustomQwen3ForCausalLM.from_pretrained(sys.argv[1], mask_strategy={"name": "sliding_window", "window": 3})
+print("loaded", file=sys.stderr, flush=True)
+import peft  # a client that rebuilds from the path arrives: now the line is said
+"""
+
+
+def test_the_rebuild_warning_is_one_line_said_once_a_rebuilding_client_is_imported(stock_dir):
+    """A script that uses neither TRL nor PEFT never sees it; one that imports them later sees one short line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", REBUILD_WARNING, str(stock_dir)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = proc.stderr.split("loaded\n")
+    assert "records mask_strategy" not in before, before
+    lines = [line for line in after.splitlines() if "records mask_strategy" in line]
+    assert len(lines) == 1 and len(lines[0]) < 300 and "ref_model=" in lines[0] and "AutoPeftModelForCausalLM" in lines[0], after

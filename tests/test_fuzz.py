@@ -448,17 +448,25 @@ DOCUMENT_SPECS = st.one_of(
 @settings(max_examples=CASES["packed"], **PROFILE)
 @given(spec=st.one_of(SPECS, DOCUMENT_SPECS), lengths=st.lists(st.integers(1, 5), min_size=1, max_size=4), backend=st.sampled_from(BACKENDS),
        config=st.sampled_from(["plain", "sliding-layers"]), seed=st.integers(0, 2**16), mode=st.sampled_from(["eval", "train"]),
-       use_cache=USE_CACHE, ones_mask=st.booleans())
+       use_cache=USE_CACHE, ones_mask=st.booleans(), pads=st.integers(0, 2), pad_position=st.sampled_from([0, 1]))
 @example(spec={"and": ["document", {"name": "attention_sinks", "sinks": 1, "window": 2}]}, lengths=[5, 6], backend="sdpa",
-         config="plain", seed=0, mode="eval", use_cache="default", ones_mask=False)  # the fifth review's case
+         config="plain", seed=0, mode="eval", use_cache="default", ones_mask=False, pads=0, pad_position=0)  # fifth review
+@example(spec={"and": ["document", {"name": "chunked", "chunk_size": 2}]}, lengths=[6], backend="sdpa", config="plain", seed=0,
+         mode="eval", use_cache="default", ones_mask=True, pads=1, pad_position=0)  # generate()'s left padding, one prompt
 @torch.no_grad()
-def test_padding_free_packed_rows_match_each_document_alone(model_for, spec, lengths, backend, config, seed, mode, use_cache, ones_mask):
+def test_padding_free_packed_rows_match_each_document_alone(model_for, spec, lengths, backend, config, seed, mode, use_cache,
+                                                            ones_mask, pads, pad_position):
     """Restarting position_ids in train and eval mode, use_cache left at its default or forced, with or without an
-    all-ones attention_mask. Each document alone where stock's packed detection applies (no cache, no mask) and,
-    for a strategy with `document`, always; otherwise stock's meaning: the whole row."""
+    attention_mask (all ones, or left padding at generate()'s positions). Each document alone where stock's packed
+    detection applies (no cache, no mask) and, for a strategy with `document`, always; otherwise stock's meaning:
+    the whole row."""
     strategy = resolve_strategy(spec)
     ids, positions, documents = packed_row(lengths, seed)
+    ids, positions = (torch.cat([torch.full((1, pads), fill), t], 1) for fill, t in ((255, ids), (pad_position, positions)))
+    documents = torch.cat([torch.zeros(1, pads, dtype=torch.long), documents], 1)
     ones = torch.ones_like(ids)
+    ones[:, :pads] = 0
+    ones_mask = ones_mask or pads > 0
     model = model_for(backend, strategy, config)
     extra = {"prefix_lengths": torch.tensor([1])} if "prefix_lengths" in strategy.inputs else {}
     call = dict(input_ids=ids, position_ids=positions, **extra)
@@ -477,16 +485,19 @@ def test_padding_free_packed_rows_match_each_document_alone(model_for, spec, len
             counted()
             return
         inputs = {**extra, **({"document_ids": documents} if "document_ids" in strategy.inputs else {})}
-        whole_row = strategy.flash_form() == {"is_causal": False} or len(lengths) == 1 or not (detected or documents_declared)
+        whole_row = strategy.flash_form() == {"is_causal": False} or not (detected or documents_declared) or \
+            (len(lengths) == 1 and not pads)
         if whole_row:  # bidirectional keeps stock's whole-row result; so does a cache or mask without `document`
             if "document_ids" in strategy.inputs and len(lengths) > 1:
                 inputs = {**extra, "document_ids": torch.zeros_like(documents)}  # one row, read as one document
             assume(not has_empty_real_rows(strategy, ones, inputs))
             ref = expected_logits(model, ids, ones, positions, inputs)
         else:
-            ref = each_document_alone(model, ids, lengths, strategy)
+            ref = each_document_alone(model, ids[:, pads:], lengths, strategy)
             assume(ref is not None)
-        torch.testing.assert_close(model(**call).logits, ref, atol=1e-4, rtol=1e-4)
+        got = model(**call).logits
+        real = ones.bool()[0]
+        torch.testing.assert_close(got[:, real], ref if whole_row is False else ref[:, real], atol=1e-4, rtol=1e-4)
     finally:
         model.eval()
     counted()

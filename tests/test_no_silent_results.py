@@ -242,3 +242,17 @@ def test_a_stock_config_read_from_a_newer_plugin_folder_is_refused(checkpoint, t
                   lambda: CustomQwen3ForCausalLM.from_pretrained(tmp_path, config=stock_config)):
         with pytest.raises(ValueError, match="newer qwen3-custom-mask.*pip install -U qwen3-custom-mask"):
             build()
+
+
+@pytest.mark.parametrize("spec", PACKED_COMPOSITIONS[:3], ids=["sinks", "chunked", "global_tokens"])
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@torch.no_grad()
+def test_left_padded_generate_under_a_document_composition_equals_each_prompt_alone(model_for, spec, backend):
+    """generate()'s own positions for a left-padded batch (padding at 0, then 0, 1, ...) restart like a packed row's:
+    read per document, the padded row's sinks, chunks and global tokens still count from its first real token."""
+    model = model_for(backend, spec)
+    ids, mask, _ = left_padded(pads=(3, 0))
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)[:, 12:]
+    for row, pad in enumerate((3, 0)):
+        alone = model.generate(ids[row : row + 1, pad:], max_new_tokens=6, do_sample=False)[:, 12 - pad :]
+        assert out[row].tolist() == alone[0].tolist(), row

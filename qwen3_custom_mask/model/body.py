@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import logging
-import sys
 from functools import partial
-from importlib.abc import MetaPathFinder
 from typing import Any
 
 import torch
@@ -27,6 +24,7 @@ from ..strategy import Strategy, resolve_strategy
 from ..strategy.lowering import FLASH_BACKENDS
 from ..strategy.registry import mask_input_names
 from . import paged
+from .clients import register_with_peft, warn_if_path_rebuilds_differently  # noqa: F401  (0.1.0's modeling held them)
 from .compat import check_internals, check_model_internals, forward_cache_kwarg, pop_cache, warn_if_untested
 from .configuration import MASK_SPEC_VERSION, CustomQwen3Config, check_spec_version, strategy_fields
 from .masking import LayerMasks, build_masks, flash_error, pick_layer_mask
@@ -59,48 +57,6 @@ def as_custom_config(config: Qwen3Config) -> CustomQwen3Config:
     return custom
 
 
-PEFT_TABLES = "peft.utils.constants"
-
-
-def register_with_peft() -> None:
-    """PEFT picks defaults by model_type (LoraConfig() and IA3Config() without target_modules, ...): the plugin's
-    model_type gets Qwen3's entries. Runs at import if PEFT is already imported, else right after PEFT's tables
-    are (`PeftTablesHook`): a script (or TRL, lazily) that imports PEFT after building the model gets them too."""
-    constants = sys.modules.get(PEFT_TABLES)
-    if constants is None:
-        PeftTablesHook.install()
-        return
-    for table in vars(constants).values():
-        if isinstance(table, dict) and "qwen3" in table and CustomQwen3Config.model_type not in table:
-            table[CustomQwen3Config.model_type] = table["qwen3"]
-
-
-class PeftTablesHook(MetaPathFinder):
-    """An import hook that runs `register_with_peft` as soon as ``peft.utils.constants`` has executed, before
-    any other PEFT module reads its tables; it finds nothing itself (the usual finders do) and then removes itself."""
-
-    @classmethod
-    def install(cls) -> None:
-        if not any(type(f).__qualname__ == cls.__qualname__ for f in sys.meta_path):  # once, across reloads
-            sys.meta_path.insert(0, cls())
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != PEFT_TABLES:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        run = spec.loader.exec_module  # this spec's own loader object: patching it touches no other module
-
-        def exec_then_register(module):
-            run(module)
-            register_with_peft()
-
-        spec.loader.exec_module = exec_then_register
-        return spec
-
-
 def is_paged(cache) -> bool:
     """Whether ``cache`` is continuous batching's paged cache (its module moved between releases: no import)."""
     return type(cache).__name__ == "PagedAttentionCache"
@@ -113,30 +69,6 @@ def cpu_flex_static_shapes(config, device):
     if config._attn_implementation == "flex_attention" and device.type == "cpu" and not torch.compiler.is_compiling():
         return torch._dynamo.config.patch(automatic_dynamic_shapes=False)
     return contextlib.nullcontext()
-
-
-def warn_if_path_rebuilds_differently(model, path, **location) -> None:
-    """A warning when ``model``'s strategy was given at load time and differs from what ``path`` records.
-
-    Clients that rebuild a model from its path get the path's mask, not this one: TRL's DPO/KTO reference
-    (from ``config._name_or_path``), PEFT's adapter (``base_model_name_or_path``, then AutoPeftModel). The plugin
-    cannot fix their rebuild, so it says so, with the fix, at every such load: each load makes a new model
-    whose adapters or references may be rebuilt stock (deduplicating per folder hid the second one).
-    """
-    try:
-        recorded = resolve_strategy(CustomQwen3Config.from_pretrained(path, **location).mask_strategy)
-    except (OSError, ValueError):  # not a folder or hub id this process can read again: nothing to compare
-        return
-    current = model.mask_strategy
-    if current == recorded:
-        return
-    logger.warning(
-        "Loaded %s with mask_strategy %s, but the folder records %s. Whatever rebuilds this model from its path gets "
-        "%s: the reference model TRL's DPO, KTO, GRPO and RLOO trainers build, and a PEFT adapter's base_model_name_or_path "
-        "(AutoPeftModelForCausalLM). Save the plugin checkpoint first (model.save_pretrained(out_dir), then load "
-        "from out_dir), or pass ref_model= to TRL.",
-        path, current.to_dict(), recorded.to_dict(), recorded.to_dict(),
-    )
 
 
 class LoadTimeStrategyMixin:

@@ -264,8 +264,13 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
                 positions = position_ids.view(-1, q_length).expand(batch_size, -1)
             elif not _compiling():
                 sequences, positions = documents_from_positions(strategy, context.get("position_ids"), seen, total, batch_size)
-        if sequences is not None and "document_ids" in strategy.inputs:
-            context["document_ids"] = torch.zeros(batch_size, int(seen), dtype=torch.long, device=device)
+        if sequences is not None:
+            # Each document is read at its own positions, which start at 0: nothing before it is padding to the
+            # strategy (sinks, chunks, global tokens count from the document's start). Padding keys stay masked:
+            # the lowering ANDs `padding` on every key.
+            context["padding_mask"] = torch.ones_like(padding)
+            if "document_ids" in strategy.inputs:
+                context["document_ids"] = torch.zeros(batch_size, int(seen), dtype=torch.long, device=device)
         groups = [(s.mask_mod(**context), s.flash_form(), s.key_intervals(**context) if structure else None, layers)
                   for s, layers in body.mask_groups]
         if sequences is not None:
