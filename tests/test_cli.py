@@ -14,8 +14,12 @@ ENV_KEYS = {"TOKENIZERS_PARALLELISM": "false"}
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """Where the embedded default checkpoint gets built (once for this module)."""
-    return tmp_path_factory.mktemp("qwen3-mask-home")
+    """Where the embedded default checkpoint is built (once for this module, before the tests read one-line errors)."""
+    from qwen3_custom_mask.cli.default import default_checkpoint
+
+    path = tmp_path_factory.mktemp("qwen3-mask-home")
+    default_checkpoint(path)
+    return path
 
 
 def cli(*args, home=None, check=True):
@@ -57,10 +61,21 @@ def test_show_draws_the_mask_and_writes_a_png(tmp_path):
         (("show", "sliding_window", "--param", "window"), "--param takes key=value"),
         (("show", "configs/missing.yaml"), "missing.yaml"),
         (("show", "{bad json"), "error:"),
-        (("show", "prefix_lm"), "needs `prefix_lengths`"),
+        (("show", "prefix_lm"), "add --input prefix_lengths=[3]"),
+        (("show", "document", "--length", "4"), "add --input document_ids=0,0,1,2"),
+        (("show", "{ARGS}/bad.json"), "Mask strategy file '{ARGS}/bad.json' is not valid JSON"),
+        (("bench", "--dtype", "float17"), "argument --dtype: invalid choice: 'float17'"),
+        (("bench", "--device", "gpu0"), "'gpu0' is not a device"),
+        (("generate", "--strategy", "nope.yaml", "hi"), "Mask strategy file 'nope.yaml' does not exist"),
+        (("export", "--strategy", "nope.yaml", "--stock", "out"), "Mask strategy file 'nope.yaml' does not exist"),
+        (("export", "--stock", "{ARGS}/a-file"), "a file is there; give a folder"),
+        (("generate", "--strategy", "{bad", "hi"), "--strategy '{bad' is not valid JSON"),
     ],
 )
-def test_user_mistakes_are_one_line_and_exit_2(args, message):
+def test_user_mistakes_are_one_line_and_exit_2(args, message, tmp_path):
+    (tmp_path / "bad.json").write_text('{"name": ')
+    (tmp_path / "a-file").write_text("not a folder")
+    args, message = [str(a).replace("{ARGS}", str(tmp_path)) for a in args], message.replace("{ARGS}", str(tmp_path))
     proc = cli(*args, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -86,6 +101,57 @@ def test_model_command_mistakes_are_one_line_and_exit_2(home, args, message):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("qwen3-mask: error:") and message in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def weightless(home, tmp_path_factory):
+    """The embedded default's config.json and tokenizer, no weights: a command that loaded the model would fail
+    on the weights, so a strategy or device mistake that answers here was caught before any model loads."""
+    import shutil
+
+    from qwen3_custom_mask.cli.default import default_checkpoint
+
+    out = tmp_path_factory.mktemp("weightless")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_checkpoint(home) / name, out / name)
+    return out
+
+
+@pytest.mark.parametrize("args,message", [
+    (("generate", "--strategy", "bidirectional", "hi"), "pass --no-cache"),
+    (("generate", "--strategy", '{"name": "global_tokens", "tokens": [0], "causal": false}', "hi"), "pass --no-cache"),
+    (("export", "--strategy", "prefix_lm", "--stock", "out"), "has no standard form"),
+    (("generate", "--device", "cuda", "hi"), "no CUDA device"),
+], ids=["bidirectional", "global", "export", "cuda"])
+def test_strategy_and_device_mistakes_answer_before_the_model_loads(weightless, args, message):
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = cli(*args, "--model", weightless, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_finetune_reports_every_mistake_at_once_before_loading(tmp_path):
+    proc = cli("finetune", "--model", tmp_path / "nope", "--data", tmp_path / "nope.jsonl", "--strategy", "slidng_window",
+               "--batch-size", "0", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    for part in ("--model", "--data", "--batch-size 0", "Did you mean 'sliding_window'?"):
+        assert part in proc.stderr, (part, proc.stderr)
+
+
+def test_finetune_names_its_extra_before_loading(tmp_path):
+    """Without datasets (the [train] extra): one line naming the install, not a model load then a ModuleNotFoundError."""
+    blocker = tmp_path / "datasets.py"
+    blocker.write_text("raise ImportError('blocked for the test')\n")
+    code = ("import importlib.util, sys; real = importlib.util.find_spec; "
+            "importlib.util.find_spec = lambda name, *a: None if name == 'datasets' else real(name, *a); "
+            "from qwen3_custom_mask.cli import main; sys.exit(main(sys.argv[1:]))")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    proc = subprocess.run([sys.executable, "-c", code, "finetune", "--model", str(tmp_path), "--data", str(data)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "pip install 'qwen3-custom-mask[train]'" in proc.stderr, proc.stderr
 
 
 def test_cuda_on_a_cpu_machine_is_one_line(home):

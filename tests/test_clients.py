@@ -237,27 +237,6 @@ def test_onnx_export_without_position_ids_matches_onnxruntime(checkpoint, tmp_pa
     torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=1e-4)
 
 
-# ------------------------------------------------------------------------------ the docs' guide, as written
-def test_the_docs_client_recipes_run_as_written(stock_dir, plugin_dir, tokenizer, tmp_path, monkeypatch):
-    """Every python block of the docs' Clients page, in order, in one namespace: the page's names
-    (data, pairs, tokenizer, saved_plugin_dir) bound to small local ones, the Hub id to the embedded default, and
-    TRL's configs told use_cpu=True and lm-eval device="cpu" where there is no GPU (their defaults need one)."""
-    from pathlib import Path
-
-    section = (Path(__file__).parent.parent / "docs" / "clients.md").read_text()
-    blocks = [block.split("```")[0] for block in section.split("```python\n")[1:]]
-    assert len(blocks) >= 4
-    monkeypatch.chdir(tmp_path)
-    namespace = {"saved_plugin_dir": str(plugin_dir), "tokenizer": tokenizer, "pairs": preferences(),
-                 "data": Dataset.from_list([{"text": t} for t in ("hello world", "the sky is blue", "two and two", "water is wet")])}
-    for block in blocks:
-        code = block.replace("Qwen/Qwen3-0.6B", str(stock_dir))
-        if not torch.cuda.is_available():
-            code = code.replace("SFTConfig(", "SFTConfig(use_cpu=True, ").replace("DPOConfig(", "DPOConfig(use_cpu=True, ")
-            code = code.replace("HFLM(", "HFLM(device='cpu', ")  # lm-eval's default device is cuda
-        exec(compile(code, "docs/clients.md", "exec"), namespace)
-
-
 def test_prefix_default_reads_padding_from_the_pad_id_without_a_mask(checkpoint):
     model = CustomQwen3ForCausalLM.from_pretrained(checkpoint, mask_strategy="prefix_lm").eval()
     ids = torch.tensor([[0, 0, 0, 0, 5, 6, 7, 8, 9, 10], list(range(20, 30))])  # row 0 left-padded with pad id 0

@@ -86,6 +86,12 @@ def cmd_show(args) -> None:
     if unknown:
         takes = f"it takes {', '.join(strategy.inputs)}" if strategy.inputs else "it takes no per-call inputs"
         raise UserError(f"--input {', '.join(unknown)}: not an input of {strategy.name!r}; {takes}")
+    examples = {"prefix_lengths": "[3]", "document_ids": ",".join(str(i * 3 // args.length) for i in range(args.length)),
+                "draft_tree": "-1,0,0,1"}
+    missing = [name for name in strategy.inputs if name not in inputs]
+    if missing:
+        given = " ".join(f"--input {name}={examples.get(name, '...')}" for name in missing)
+        raise UserError(f"{strategy.name!r} is drawn for given per-call inputs: add {given}")
     for key in ("document_ids",):
         value = inputs.get(key)
         if isinstance(value, list) and value and not isinstance(value[0], list) and len(value) != args.length:
@@ -208,9 +214,13 @@ def _model_path_exists(model_id: str) -> str:
 
 def _model_path(model_id: str | None) -> str:
     """The embedded default, a local folder, or a hub id; a path that looks local must exist."""
-    from .default import default_checkpoint
+    from .default import default_checkpoint, default_path
 
-    return str(default_checkpoint()) if not model_id else _model_path_exists(model_id)
+    if model_id:
+        return _model_path_exists(model_id)
+    if not (default_path() / "config.json").is_file():  # first use: a few seconds of work that should not look dead
+        print(f"qwen3-mask: building the embedded default checkpoint in {default_path()} (first use only)", file=sys.stderr, flush=True)
+    return str(default_checkpoint())
 
 
 def _check_device(device: str) -> None:

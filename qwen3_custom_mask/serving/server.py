@@ -96,6 +96,14 @@ def serve(model: str, strategy=None, options: list[str] | None = None) -> int:
     import transformers.cli.serving.model_manager as model_manager
     from transformers.cli.transformers import app
 
+    import sys
+    import warnings
+
+    # transformers serve leaves one semaphore to multiprocessing's resource tracker at shutdown (stock's command
+    # prints the same "leaked semaphore objects" warning): harmless, and read as a failure. The tracker process
+    # takes its warning filters from sys.warnoptions when it starts.
+    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+    warnings.filterwarnings("ignore", message="resource_tracker", category=UserWarning)
     loader = plugin_model_loader()
     loader.mask_strategy = strategy
     model_manager.ModelLoader = loader  # serve.py reads it from this module when the command starts

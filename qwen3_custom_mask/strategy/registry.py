@@ -214,7 +214,8 @@ def get_mask(name: str) -> MaskEntry:
             hint = f"A shipped preset has that name: pass '{name}.yaml'. " + hint
         raise UnknownMaskError(
             f"Unknown mask strategy {name!r}. {hint}Known strategies: {', '.join(available_masks())}. "
-            f"Register your own with @qwen3_custom_mask.register_mask({name!r}), or install the package that "
-            f"provides it (it registers through the {ENTRY_POINT_GROUP!r} entry-point group)."
+            f"Register your own with @qwen3_custom_mask.register_mask({name!r}) in every process that uses it (import "
+            f"that module before from_pretrained), or install it as a package with a {ENTRY_POINT_GROUP!r} entry point, "
+            f"which every process finds by itself (servers, TRL and lm-eval import nothing of yours)."
         )
     return _MASKS[name]

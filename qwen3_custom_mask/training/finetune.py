@@ -140,7 +140,14 @@ def train(args):
         logger.warning("Packing without the 'document' strategy lets packed examples attend to each other.")
 
     if args.lora:
+        import warnings
+
         from peft import LoraConfig, get_peft_model
+
+        # PEFT and Trainer still call transformers' gradient_checkpointing_* names, which 5.2x renamed: a
+        # FutureWarning about their code, not the recipe's, on every LoRA run.
+        warnings.filterwarnings("ignore", message=r"`(is_gradient_checkpointing|gradient_checkpointing_\w+)` is deprecated",
+                                category=FutureWarning)
 
         lora = LoraConfig(
             r=args.lora_r,
