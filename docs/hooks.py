@@ -15,7 +15,7 @@ GALLERY = [
     ("dilated_sliding_window.png", "dilated_sliding_window(4, 2)", {"name": "dilated_sliding_window", "window": 4, "dilation": 2}, {}),
     ("global_tokens.png", "global_tokens([0], 2)", {"name": "global_tokens", "tokens": [0], "window": 2}, {}),
     ("document.png", "document(0 0 0 1 1 2 2 2)", "document", {"document_ids": DOCS}),
-    ("tree.png", "tree([-1, 0, 0, -1, 3])", "tree", {"draft_tree": [-1, 0, 0, -1, 3]}),
+    ("tree.png", "tree: 0-2 cached, 3-7 drafts", "tree", {"draft_tree": [-1, 0, 0, -1, 3]}),
     ("and.png", "and[document, window(2)]", {"and": ["document", {"name": "sliding_window", "window": 2}]}, {"document_ids": DOCS}),
     ("or.png", "or[window(2), chunked(4)]", {"or": [{"name": "sliding_window", "window": 2}, {"name": "chunked", "chunk_size": 4}]}, {}),
 ]

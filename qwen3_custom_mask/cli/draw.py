@@ -84,7 +84,7 @@ def save_png(matrix: torch.Tensor, path, cell: int = 24, title: str | None = Non
         raise ImportError("PNG drawing needs Pillow: pip install 'qwen3-custom-mask[draw]' (or pip install pillow).") from err
     rows, cols = matrix.shape
     left, top = _margins(matrix, cell, title)
-    font, small = _font(max(12, cell // 2)), _font(max(10, min(cell - 4, 14)))
+    font, small = _font(_title_size(cell)), _font(max(10, min(cell - 4, 14)))
     title_width = int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(title, font=font)) + 12 if title else 0
     image = Image.new("L", (max(left + cols * cell + 8, title_width), top + rows * cell + 8), 255)
     draw = ImageDraw.Draw(image)
@@ -109,10 +109,14 @@ def _label_step(length: int) -> int:
     return 1 if length <= 32 else 8 if length <= 128 else 16 * ((length + 255) // 256)
 
 
+def _title_size(cell: int) -> int:
+    return max(16, cell * 3 // 4)  # readable where a page shows the picture smaller than its pixels
+
+
 def _margins(matrix: torch.Tensor, cell: int, title: str | None) -> tuple[int, int]:
     small = max(10, min(cell - 4, 14))
     left = 16 + max(len("query") * small * 3 // 5, len(str(matrix.shape[0] - 1)) * small)
-    top = (max(12, cell // 2) + 12 if title else 6) + 2 * small + 12
+    top = (_title_size(cell) + 12 if title else 6) + 2 * small + 12
     return left, top
 
 
