@@ -256,3 +256,16 @@ def test_left_padded_generate_under_a_document_composition_equals_each_prompt_al
     for row, pad in enumerate((3, 0)):
         alone = model.generate(ids[row : row + 1, pad:], max_new_tokens=6, do_sample=False)[:, 12 - pad :]
         assert out[row].tolist() == alone[0].tolist(), row
+
+
+@torch.no_grad()
+def test_a_bounded_cache_refuses_packed_documents_and_keeps_serving_one_per_row(model_for):
+    """BoundedCache keeps each row's first tokens as sinks; packed documents each count from their own start, so it
+    is refused there (it dropped the last document's sink and drifted), and still serves one prompt per row."""
+    model = model_for("sdpa", PACKED_COMPOSITIONS[0])
+    first, second, row, positions = two_documents(seed=3)
+    with pytest.raises(ValueError, match="BoundedCache cannot hold packed documents"):
+        model.generate(row, position_ids=positions, past_key_values=BoundedCache(), max_new_tokens=4, **GREEDY)
+    ids, mask, _ = left_padded(pads=(3, 0))
+    bounded = model.generate(ids, attention_mask=mask, past_key_values=BoundedCache(), max_new_tokens=6, **GREEDY)
+    assert torch.equal(bounded, model.generate(ids, attention_mask=mask, max_new_tokens=6, **GREEDY))

@@ -85,10 +85,10 @@ def warn_if_path_rebuilds_differently(model, path, **location) -> None:
         return
     if model.mask_strategy == recorded:
         return
-    _pending.append(
-        f"{path} records mask_strategy {recorded.to_dict()}, which TRL's reference models (DPO, KTO, GRPO, RLOO) and "
-        f"AutoPeftModelForCausalLM rebuild from it: model.save_pretrained(dir) and load from dir, or pass ref_model=."
-    )
+    line = (f"{path} records mask_strategy {recorded.to_dict()}, which TRL's reference models (DPO, KTO, GRPO, RLOO) and "
+            f"AutoPeftModelForCausalLM rebuild from it: model.save_pretrained(dir) and load from dir, or pass ref_model=.")
+    if line not in _pending:  # two loads before the client arrives: said once
+        _pending.append(line)
     if any(name in sys.modules for name in REBUILDERS):
         _say_pending()
     else:

@@ -42,7 +42,7 @@ from ..strategy.composition import and_intervals
 from ..strategy.lowering import FLASH_BACKENDS, lower
 from .cache import NOT_STARTED, BoundedCache
 from .compat import mask_cache_kwarg
-from .packed import continue_documents, documents_from_positions, packed_documents, refuse_packed, within_documents
+from .packed import continue_documents, read_per_document, within_documents
 
 logger = logging.get_logger(__name__)
 DENSE_FLOAT_BACKENDS = ("eager", "sdpa")
@@ -249,28 +249,12 @@ def build_masks(body, inputs_embeds, attention_mask, cache, position_ids, mask_i
         if position_ids is None and strategy.places_tokens:
             position_ids = strategy.position_ids(**context)[:, q_offset : q_offset + q_length]
         structure = backend == "flex_attention" or backend in FLASH_BACKENDS  # block indices, varlen documents
-        # Padding-free packing (restarting position_ids, no mask, no cache): every strategy reads each document as
-        # if it stood alone, as stock's builders do: inside a document, `document` is one document. Explicit
-        # document_ids keep their own meaning; `bidirectional` keeps stock's is_causal: false result.
-        # A composition with `document` whose boundaries come from position_ids reads them the same way with a
-        # cache, an attention_mask and in generate() (stock's detection, which turns off there, does not decide it).
-        sequences = positions = None
-        own_positions = strategy.places_tokens and "document_ids" not in strategy.inputs  # a draft tree's depths
-        if backend not in FLASH_BACKENDS and mask_inputs.get("document_ids") is None and not own_positions:
-            sequences = packed_documents(position_ids, attention_mask, cache, batch_size)
-            if sequences is not None:
-                if set(strategy.inputs) - {"document_ids"}:
-                    refuse_packed(strategy)
-                positions = position_ids.view(-1, q_length).expand(batch_size, -1)
-            elif not _compiling():
-                sequences, positions = documents_from_positions(strategy, context.get("position_ids"), seen, total, batch_size)
-        if sequences is not None:
-            # Each document is read at its own positions, which start at 0: nothing before it is padding to the
-            # strategy (sinks, chunks, global tokens count from the document's start). Padding keys stay masked:
-            # the lowering ANDs `padding` on every key.
-            context["padding_mask"] = torch.ones_like(padding)
-            if "document_ids" in strategy.inputs:
-                context["document_ids"] = torch.zeros(batch_size, int(seen), dtype=torch.long, device=device)
+        # Packed rows read document by document (packed.py): padding-free packing for every strategy, as stock's
+        # builders; a composition with `document` whose boundaries come from position_ids, in every forward.
+        sequences, positions = None, None
+        if backend not in FLASH_BACKENDS and mask_inputs.get("document_ids") is None:
+            sequences, positions = read_per_document(strategy, context, position_ids, attention_mask, cache, padding,
+                                                     seen, total, batch_size, bounded)
         groups = [(s.mask_mod(**context), s.flash_form(), s.key_intervals(**context) if structure else None, layers)
                   for s, layers in body.mask_groups]
         if sequences is not None:

@@ -63,6 +63,46 @@ def refuse_packed(strategy) -> None:
     )
 
 
+def read_per_document(strategy, context: dict, position_ids, attention_mask, cache, padding, seen, total: int,
+                      batch_size: int, bounded: bool):
+    """``(sequences, positions)`` (B, total) when this forward reads its rows document by document, else
+    ``(None, None)``; then ``context`` is set for it (every document starts at its position 0, so nothing before
+    it is padding to the strategy, and inside it ``document`` sees one document).
+
+    * Padding-free packing (restarting position_ids, no mask, no cache): every strategy, as stock's builders
+      remap packed positions (a per-row input is refused: it cannot be read per document).
+    * A composition with ``document`` whose boundaries come from position_ids: every forward (a KV cache, an
+      attention_mask, generate()), where stock's detection turns off.
+    Explicit document_ids keep their own meaning (not read here); so do a draft tree's depths.
+    """
+    if strategy.places_tokens and "document_ids" not in strategy.inputs:
+        return None, None
+    compiling = torch.compiler.is_compiling()
+    sequences = packed_documents(position_ids, attention_mask, cache, batch_size)
+    if sequences is not None:
+        if set(strategy.inputs) - {"document_ids"}:
+            refuse_packed(strategy)
+        positions = position_ids.view(-1, position_ids.shape[-1]).expand(batch_size, -1)
+    elif compiling:
+        return None, None
+    else:
+        sequences, positions = documents_from_positions(strategy, context.get("position_ids"), seen, total, batch_size)
+        if sequences is None:
+            return None, None
+    if bounded and not compiling:
+        real = padding[:, : sequences.shape[-1]]
+        if ((sequences[:, 1:] != sequences[:, :-1]) & real[:, 1:] & real[:, :-1]).any():
+            raise ValueError(
+                f"BoundedCache cannot hold packed documents under {strategy.name!r}: it keeps each row's first tokens "
+                f"(sinks, chunk starts), while each document here counts from its own start. Use a DynamicCache, or "
+                f"generate each document alone."
+            )
+    context["padding_mask"] = torch.ones_like(padding)  # the lowering still ANDs the real padding on every key
+    if "document_ids" in strategy.inputs:
+        context["document_ids"] = torch.zeros(batch_size, int(seen), dtype=torch.long, device=padding.device)
+    return sequences, positions
+
+
 POSITIONS_ON_CACHE = "qwen3_mask_positions"  # (B, tokens so far): the positions a document strategy has read
 
 
