@@ -71,7 +71,7 @@ def test_a_load_time_strategy_warns_that_path_rebuilds_differ_and_ref_model_fixe
     spec = {"name": "sliding_window", "window": 1}  # a spec this process has not loaded yet: the warning comes once
     with caplog.at_level(logging.WARNING, logger=WARNS):
         policy = CustomQwen3ForCausalLM.from_pretrained(stock_dir, mask_strategy=spec)
-    assert "DPO" in caplog.text and "GRPO" in caplog.text and "save_pretrained" in caplog.text and "ref_model=" in caplog.text
+    assert "DPO" in caplog.text and "GRPO" in caplog.text and "save_pretrained(dir)" in caplog.text and "ref_model=" in caplog.text
     # What TRL builds without ref_model is the folder's causal model, which the warning said: the loss is not log 2.
     _, loss = dpo_step0_loss(policy, tmp_path / "a", tokenizer_dir=stock_dir)
     assert abs(loss - math.log(2)) > 1e-3
@@ -389,19 +389,31 @@ def test_peft_defaults_whatever_the_import_order(stock_dir, tmp_path, client):
 
 REBUILD_WARNING = r"""
 import sys
+import torch
+from transformers import Trainer  # imports PEFT when installed: not a reason to speak
 from qwen3_custom_mask import CustomQwen3ForCausalLM
-CustomQwen3ForCausalLM.from_pretrained(sys.argv[1], mask_strategy={"name": "sliding_window", "window": 3})
+model = CustomQwen3ForCausalLM.from_pretrained(sys.argv[1], mask_strategy={"name": "sliding_window", "window": 3})
+model(torch.tensor([[1, 2, 3]]))
 print("loaded", file=sys.stderr, flush=True)
-import peft  # a client that rebuilds from the path arrives: now the line is said
+if sys.argv[2] == "peft":  # adapters on the model: AutoPeftModel will rebuild the stock folder
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(model, LoraConfig(target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model(torch.tensor([[1, 2, 3]]))
+    model(torch.tensor([[1, 2, 3]]))
+else:
+    import trl  # noqa: F401  (TRL's trainers rebuild references from the path)
+    CustomQwen3ForCausalLM.from_pretrained(sys.argv[1], mask_strategy={"name": "sliding_window", "window": 3})
 """
 
 
-def test_the_rebuild_warning_is_one_line_said_once_a_rebuilding_client_is_imported(stock_dir):
-    """A script that uses neither TRL nor PEFT never sees it; one that imports them later sees one short line."""
+@pytest.mark.parametrize("client", ["peft", "trl"])
+def test_the_rebuild_line_is_said_once_where_a_rebuilding_client_is_at_work(stock_dir, client):
+    """Not for a script with Trainer alone (which imports PEFT); once PEFT adapters sit on the model, or TRL is
+    imported: one line, once."""
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", REBUILD_WARNING, str(stock_dir)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", REBUILD_WARNING, str(stock_dir), client], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     before, after = proc.stderr.split("loaded\n")
     assert "records mask_strategy" not in before, before

@@ -133,7 +133,7 @@ def test_strategy_flag_serves_a_stock_checkpoint_under_another_strategy():
     (["{plugin}", "--strategy", "slidng_window"], "Did you mean 'sliding_window'?"),
     (["{plugin}", "--continuous-batching", "--attn-implementation", "paged|flex_attention"], "serves the 'causal' strategy only"),
     (["{plugin}", "--continuous-batching", "--attn-implementation=paged|flex_attention"], "serves the 'causal' strategy only"),
-    (["{plugin}", "--port", "notaport"], "Invalid value for '--port'"),
+    (["{plugin}", "--port", "notaport"], "--port 'notaport': give a port number"),
 ])
 def test_a_server_that_cannot_start_exits_2_with_one_line(plugin_dir, args, message):
     args = [a.replace("{plugin}", str(plugin_dir)) for a in args]

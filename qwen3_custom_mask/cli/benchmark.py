@@ -99,6 +99,7 @@ def run(args) -> list[dict]:
         if backend == "flex_attention" and device.type == "cpu":
             continue  # decode on CPU flex recompiles at every new cache length (static shapes): not representative
         for batch in args.decode_batches:
+            logger.info("%s decode, batch %d: stock vs causal, %d new tokens", backend, batch, args.new_tokens)
             prompt = torch.randint(0, args.vocab, (batch, 32), device=device)
             kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
             times = timed_pair(lambda: stock.generate(prompt, **kwargs), lambda: custom.generate(prompt, **kwargs), device,

@@ -234,13 +234,13 @@ def cmd_serve(args, rest) -> int:
     except UserError as err:
         raise UserError(str(err).replace("--model ", "serve ", 1)) from None
     spec = _spec(args.strategy) if args.strategy else None
+    served = _served_options(rest)
     from ..model.configuration import CustomQwen3Config
     from ..strategy.cacheable import serving_refusal
     from ..strategy import resolve_strategy
 
     config = CustomQwen3Config.from_pretrained(path)
     strategy = resolve_strategy(spec if spec is not None else config.mask_strategy)
-    served = _served_options(rest)
     why = serving_refusal(strategy, config.num_hidden_layers, config.num_attention_heads, served.continuous_batching)
     backend = served.attn_implementation
     if why is None and served.continuous_batching and backend and not backend.endswith(("sdpa", "eager")):
@@ -259,8 +259,15 @@ def _served_options(rest: list[str]) -> argparse.Namespace:
     ``--flag=value``); the rest are transformers' to read."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--attn-implementation")
+    parser.add_argument("--port", type=_port)  # checked here: transformers' server takes seconds to import
     parser.add_argument("--continuous-batching", action=argparse.BooleanOptionalAction, default=False)  # click's --x/--no-x
     return parser.parse_known_args(rest)[0]
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise UserError(f"--port {text!r}: give a port number, 0 to 65535 (default 8000)")
+    return int(text)
 
 
 def cmd_finetune(args, rest) -> None:

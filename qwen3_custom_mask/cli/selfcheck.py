@@ -124,6 +124,8 @@ def selfcheck(stream=None, flex: bool = True) -> bool:
         for name, check in _checks(path, torch):
             if name.startswith("flex") and not flex:
                 continue
+            if name.startswith("flex"):  # the one long check: say so before it starts
+                print(f"....  {name}: compiling flex_attention (about 20 s on 2 CPU cores; --no-flex skips it)", file=out, flush=True)
             start = time.perf_counter()
             try:
                 passed, detail = check()

@@ -24,7 +24,7 @@ from ..strategy import Strategy, resolve_strategy
 from ..strategy.lowering import FLASH_BACKENDS
 from ..strategy.registry import mask_input_names
 from . import paged
-from .clients import register_with_peft, warn_if_path_rebuilds_differently  # noqa: F401  (0.1.0's modeling held them)
+from .clients import register_with_peft, say_if_adapted, warn_if_path_rebuilds_differently  # noqa: F401  (0.1.0's modeling held them)
 from .compat import check_internals, check_model_internals, forward_cache_kwarg, pop_cache, warn_if_untested
 from .configuration import MASK_SPEC_VERSION, CustomQwen3Config, check_spec_version, strategy_fields
 from .masking import LayerMasks, build_masks, flash_error, pick_layer_mask
@@ -94,6 +94,7 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
     """
 
     config_class = CustomQwen3Config
+    _rebuild_note = None  # a load-time strategy the folder does not record: said when PEFT adapters arrive (clients.py)
 
     def __init__(self, config: Qwen3Config):
         check_internals()  # a transformers whose hooks moved: refuse here, never build a silently wrong mask
@@ -162,6 +163,8 @@ class CustomQwen3Model(LoadTimeStrategyMixin, Qwen3Model):
             engine_cache, cache = cache, None
         cache = pop_cache(kwargs, cache)
         _refuse_collator_columns(kwargs)
+        if self._rebuild_note is not None and not torch.compiler.is_compiling():
+            say_if_adapted(self)
         mask_inputs = self._pop_mask_inputs(kwargs)
         prompt_mask = kwargs.pop("prompt_attention_mask", None)
         if is_paged(cache) or engine_cache is not None:

@@ -1,6 +1,6 @@
 """What the plugin tells the clients that build on a model by its type or its path (PEFT, TRL), whatever the
-import order: PEFT's per-model_type defaults, and the warning that a client rebuilding from the path gets the
-folder's strategy, said once such a client is imported (the usual script never meets it, and never sees it).
+import order: PEFT's per-model_type defaults, and the line that a client rebuilding from the path gets the
+folder's strategy, said where such a client is at work (TRL imported, PEFT adapters on the model), once.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from .configuration import CustomQwen3Config
 logger = logging.getLogger("qwen3_custom_mask.model.body")  # the name users and tests configure (0.1.0's modeling)
 
 PEFT_TABLES = "peft.utils.constants"
-REBUILDERS = ("trl", "peft")  # clients that rebuild a model from its path (TRL's reference models, AutoPeftModel)
-_pending: list[str] = []  # rebuild warnings waiting for such a client to be imported
+_pending: list[str] = []  # rebuild lines waiting for TRL to be imported
+_said: set[str] = set()  # each line once per process
 
 
 def register_with_peft() -> None:
@@ -35,14 +35,17 @@ def register_with_peft() -> None:
 
 def _say_pending() -> None:
     while _pending:
-        logger.warning(_pending.pop(0))
+        line = _pending.pop(0)
+        if line not in _said:
+            _said.add(line)
+            logger.warning(line)
 
 
 class ClientImportHook(MetaPathFinder):
     """Runs the plugin's part right after a client module has executed (PEFT's tables: before any other PEFT
     module reads them); it finds nothing itself (the usual finders do) and leaves once every client is in."""
 
-    WATCHED = {PEFT_TABLES: register_with_peft, "trl": _say_pending, "peft": _say_pending}
+    WATCHED = {PEFT_TABLES: register_with_peft, "trl": _say_pending}
 
     @classmethod
     def install(cls) -> None:
@@ -75,9 +78,10 @@ def warn_if_path_rebuilds_differently(model, path, **location) -> None:
     """One line when ``model``'s strategy was given at load time and differs from what ``path`` records.
 
     Clients that rebuild a model from its path get the path's mask, not this one: TRL's DPO/KTO/GRPO/RLOO
-    reference (from ``config._name_or_path``), PEFT's adapter (``base_model_name_or_path``, then AutoPeftModel).
-    The plugin cannot fix their rebuild, so it says so, with the fix, at every such load, once TRL or PEFT is
-    imported (now or later): a script that uses neither is never told about them.
+    reference (from ``config._name_or_path``), a PEFT adapter (``base_model_name_or_path``, then AutoPeftModel).
+    The plugin cannot fix their rebuild, so it says so, with the fix, where it matters: once TRL is imported
+    (now or later), or at the first forward of this model with PEFT adapters on it (`say_if_adapted`). A script
+    that uses neither, Trainer alone included (which imports PEFT when installed), is never told about them.
     """
     try:
         recorded = resolve_strategy(CustomQwen3Config.from_pretrained(path, **location).mask_strategy)
@@ -85,11 +89,26 @@ def warn_if_path_rebuilds_differently(model, path, **location) -> None:
         return
     if model.mask_strategy == recorded:
         return
-    line = (f"{path} records mask_strategy {recorded.to_dict()}, which TRL's reference models (DPO, KTO, GRPO, RLOO) and "
-            f"AutoPeftModelForCausalLM rebuild from it: model.save_pretrained(dir) and load from dir, or pass ref_model=.")
-    if line not in _pending:  # two loads before the client arrives: said once
+    line = (f"{path} records mask_strategy {recorded.to_dict()}, not {model.mask_strategy.to_dict()}: TRL's reference "
+            f"models (DPO, GRPO, ...) and AutoPeftModelForCausalLM rebuild that; save_pretrained(dir), or pass ref_model=.")
+    body = getattr(model, "model", model)
+    body._rebuild_note = line  # for PEFT: said at the first forward with adapters (say_if_adapted)
+    if line not in _pending and line not in _said:  # two loads of one folder: said once
         _pending.append(line)
-    if any(name in sys.modules for name in REBUILDERS):
+    if "trl" in sys.modules:
         _say_pending()
     else:
         ClientImportHook.install()
+
+
+def say_if_adapted(body) -> None:
+    """At a forward of a body whose load-time strategy differs from its folder: the line, once, as soon as PEFT
+    adapters sit on it (their adapter_config records the folder, which AutoPeftModel rebuilds from)."""
+    if "peft" not in sys.modules or not any(type(m).__module__.startswith("peft.") for m in body.modules()):
+        return
+    line, body._rebuild_note = body._rebuild_note, None
+    if line in _pending:
+        _pending.remove(line)
+    if line not in _said:
+        _said.add(line)
+        logger.warning(line)
