@@ -100,5 +100,5 @@ def test_unknown_saved_strategy_names_the_missing_plugin(checkpoint, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["mask_strategy"] = {"name": "from_a_plugin", "k": 2}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(KeyError, match="from_a_plugin.*Known strategies: .*causal.*entry-point group"):
+    with pytest.raises(KeyError, match="from_a_plugin.*Known strategies: .*causal.*import that module before from_pretrained.*entry point"):
         CustomQwen3ForCausalLM.from_pretrained(tmp_path)
