@@ -98,25 +98,61 @@ def test_every_cacheable_strategy_gives_each_request_its_generate_tokens(engine_
         assert tokens != run_batch(model, budget=8), "the strategy changed the tokens (the test can fail)"
 
 
+SHARED_BEGINNINGS = [[5, 17, 33, 2, 9], [5, 17, 33, 2, 9, 4, 4], [9, 10, 11, 12, 13, 14, 15, 16], [3, 4], [5, 17, 33]]
+
+
 @needs_layout
-def test_a_strategy_that_reads_the_prompt_as_a_whole_is_refused_at_start(engine_checkpoint):
-    """prefix_lm: the first 16 tokens of two prompts have different keys and values when the prompts differ in
-    length, and a prompt split across forwards would be read in pieces. The engine does both by default."""
-    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
-    model.set_mask_strategy("prefix_lm")
-    for start in (lambda: run_batch(model, budget=64), lambda: model.init_continuous_batching()):
-        with pytest.raises(ValueError, match="'prefix_lm' reads each prompt as a whole.*model.generate\\(\\)") as err:
-            start()
-        assert "\n" not in str(err.value)
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("spec", ["prefix_lm", {"layers": {"0": "prefix_lm", "1": "causal"}}], ids=["prefix_lm", "per-layer"])
+@torch.no_grad()
+def test_a_strategy_that_reads_the_prompt_as_a_whole_is_served_whole(engine_checkpoint, backend, spec):
+    """prefix_lm (the prompt is the prefix, as generate() takes it): each prompt scheduled whole, in one forward,
+    with no pages shared between prompts that begin alike, under a budget that would split them."""
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation=backend).eval()
+    model.set_mask_strategy(spec)
+    config = GenerationConfig(max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
+    out = model.generate_batch(inputs=SHARED_BEGINNINGS, generation_config=config, continuous_batching_config=small_engine(9),
+                               warmup=False)
+    tokens = [out[key].generated_tokens for key in sorted(out, key=lambda k: int(k.split("_")[-1]))]
+    assert tokens == [alone(model, prompt) for prompt in SHARED_BEGINNINGS]
+    model.set_mask_strategy("causal")
+    assert tokens != [alone(model, prompt) for prompt in SHARED_BEGINNINGS], "prefix_lm changed nothing (the test can fail)"
 
 
 @needs_layout
 @torch.no_grad()
-def test_requests_arriving_while_others_decode(engine_checkpoint):
+def test_a_whole_prompt_longer_than_the_budget_fails_alone(engine_checkpoint):
     model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
-    model.set_mask_strategy({"name": "attention_sinks", "sinks": 1, "window": 2})
+    model.set_mask_strategy("prefix_lm")
+    config = GenerationConfig(max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0)
+    prompts = [PROMPTS[0], list(range(1, 21)), PROMPTS[1]]
+    out = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small_engine(8), warmup=False)
+    results = [out[key] for key in sorted(out, key=lambda k: int(k.split("_")[-1]))]
+    assert "This prompt has 20 tokens" in results[1].error and "max_batch_tokens" in results[1].error
+    assert "\n" not in results[1].error
+    assert [results[0].generated_tokens, results[2].generated_tokens] == [alone(model, PROMPTS[0], 3), alone(model, PROMPTS[1], 3)]
+
+
+@needs_layout
+def test_only_whole_prompt_strategies_change_the_engine_settings(engine_checkpoint):
+    from qwen3_custom_mask.model.scheduling import WHOLE_PROMPT
+
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
+    for spec, scheduler in (("causal", "fifo"), ({"name": "sliding_window", "window": 2}, "fifo"), ("prefix_lm", WHOLE_PROMPT)):
+        model.set_mask_strategy(spec)
+        manager = model.init_continuous_batching(continuous_batching_config=small_engine())
+        assert manager.continuous_batching_config.scheduler_type == scheduler
+        assert manager.continuous_batching_config.allow_block_sharing is (scheduler == "fifo")
+
+
+@needs_layout
+@pytest.mark.parametrize("spec", [{"name": "attention_sinks", "sinks": 1, "window": 2}, "prefix_lm"], ids=["sinks", "prefix_lm"])
+@torch.no_grad()
+def test_requests_arriving_while_others_decode(engine_checkpoint, spec):
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
+    model.set_mask_strategy(spec)
     config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
-    manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=small_engine())
+    manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=small_engine(12 if spec == "prefix_lm" else 8))
     manager.start()
     try:
         first = manager.add_request(PROMPTS[2], max_new_tokens=6, streaming=True)

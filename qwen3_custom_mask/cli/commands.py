@@ -241,7 +241,10 @@ def cmd_serve(args, rest) -> int:
 
     config = CustomQwen3Config.from_pretrained(path)
     strategy = resolve_strategy(spec if spec is not None else config.mask_strategy)
-    why = serving_refusal(strategy, config.num_hidden_layers, config.num_attention_heads, served.continuous_batching)
+    from ..model.scheduling import whole_prompts_servable
+
+    whole_prompts_refused = served.continuous_batching and not whole_prompts_servable()  # prefix_lm: scheduled whole
+    why = serving_refusal(strategy, config.num_hidden_layers, config.num_attention_heads, whole_prompts_refused)
     backend = served.attn_implementation
     if why is None and served.continuous_batching and backend and not backend.endswith(("sdpa", "eager")):
         if any(strategy.for_layer(i).flash_form() != {} for i in range(config.num_hidden_layers)):

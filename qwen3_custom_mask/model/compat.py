@@ -38,6 +38,9 @@ not listed. "probed" = `internals` checks it when a model is built and names it 
 | ``utils.generic.can_return_tuple``, ``merge_with_config_defaults``| body, heads     | the heads' forward as stock decorates it| import     |
 | ``TrainingArguments`` checkpointing field (renamed in 5.2x)       | finetune        | the recipe's checkpointing switch       | read       |
 | ``MODEL_*_MAPPING_NAMES`` (the Auto name tables)                  | heads           | Trainer's label smoother, serve: by name| tested     |
+| continuous batching's ``SCHEDULER_MAPPING``, ``FIFOScheduler``     | scheduling      | prefix_lm: whole prompts, no shared     | probed,    |
+| (``_process_candidates``, ``add_waiting_request``), request states,|                 | pages (else refused)                    | tested     |
+| ``ContinuousBatchingConfig.scheduler_type``/``allow_block_sharing``|                 |                                         |            |
 | PEFT's ``peft.utils.constants`` model_type tables                 | clients         | LoRA/IA3 default target modules         | tested     |
 | ``cli.serving.model_manager.ModelLoader._load_model``,            | serving.server  | ``qwen3-mask serve``'s loader; Qwen3's  | tested     |
 | ``cli.serving.utils._RESPONSE_TEMPLATE_FALLBACKS``                 |                 | response parser by model_type           |            |

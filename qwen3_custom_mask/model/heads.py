@@ -39,6 +39,7 @@ from .body import (
     register_with_peft,
 )
 from .configuration import CustomQwen3Config
+from .scheduling import whole_prompt_config, whole_prompt_scheduler
 from .generation import MaskedGenerationMixin
 from .loss import DEFAULT_CHUNK_SIZE, chunkable_head, chunked_causal_lm_loss
 
@@ -145,9 +146,22 @@ class CustomQwen3ForCausalLM(MaskStrategyHeadMixin, MaskedGenerationMixin, Qwen3
     forward = with_mask_inputs(with_chunked_loss(Qwen3ForCausalLM.forward))
 
     def init_continuous_batching(self, *args, **kwargs):
-        """Stock's continuous-batching manager, serving the strategy (paged.py). A strategy the paged cache cannot
-        honour is refused here, in one line, before a request is queued."""
-        why = paged.refusal(self.model)
+        """Stock's continuous-batching manager, serving the strategy (paged.py). A strategy that reads each prompt as
+        a whole (prefix_lm) gets whole-prompt scheduling and no shared pages (scheduling.py); a strategy the paged
+        cache cannot honour is refused here, in one line, before a request is queued."""
+        body = self.model
+        body.whole_prompt_engine = False
+        if paged.reads_whole_prompts(body) and whole_prompt_scheduler() is not None:
+            bound = inspect.signature(super().init_continuous_batching).bind_partial(*args, **kwargs)
+            given = bound.arguments.get("continuous_batching_config")
+            if given is None:  # the deprecated route: a ContinuousBatchingConfig on the generation config
+                given = getattr(bound.arguments.get("generation_config"), "continuous_batching_config", None)
+            config = whole_prompt_config(given)
+            if config is not None:
+                bound.arguments["continuous_batching_config"] = config
+                body.whole_prompt_engine = True
+                args, kwargs = bound.args, bound.kwargs
+        why = paged.refusal(body)
         if why:
             raise ValueError(why)
         return super().init_continuous_batching(*args, **kwargs)

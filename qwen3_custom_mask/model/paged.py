@@ -17,9 +17,8 @@ document.
 
 `refusal` decides at manager start which strategies the engine can serve, and refuses the others in one line,
 never serving them with another mask: a strategy under which a cached token would see a later one
-(bidirectional), and one under which a prompt token sees later prompt tokens (prefix_lm): the engine splits
-prompts across forwards to fill its token budget, and shares cache pages between prompts with a common
-beginning, and either would change such a prompt's keys and values.
+(bidirectional), and one under which a prompt token sees later prompt tokens (prefix_lm) unless the manager
+schedules whole prompts and shares no pages (scheduling.py, which init_continuous_batching sets up for them).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import torch
 from .compat import paged_layout_known
 from ..strategy.lowering import FLASH_BACKENDS, dense_mask, eager_float_mask
 from .masking import LayerMasks, sliding_layer_overlay
-from ..strategy.cacheable import _cannot_cache, serving_refusal  # noqa: F401  (serving_refusal: 0.1.0's paged.py held it)
+from ..strategy.cacheable import _cannot_cache, _probe, serving_refusal  # noqa: F401  (serving_refusal: 0.1.0's paged.py held it)
 
 def refusal(body) -> str | None:
     """Why continuous batching cannot serve this body's strategy (one line), or None."""
@@ -47,7 +46,17 @@ def refusal(body) -> str | None:
     if backend in FLASH_BACKENDS or backend == "flex_attention":
         return (f"Continuous batching with {backend} serves the 'causal' strategy only (the engine gives it no mask); "
                 f"load the model with attn_implementation='sdpa' or 'eager' to serve {strategy.name!r}.")
-    return _cannot_cache(strategy, body.mask_groups, body.config.num_attention_heads, continuous_batching=True)
+    # Whole-prompt strategies are served where init_continuous_batching set up whole-prompt scheduling (scheduling.py).
+    return _cannot_cache(strategy, body.mask_groups, body.config.num_attention_heads,
+                         continuous_batching=not getattr(body, "whole_prompt_engine", False))
+
+
+def reads_whole_prompts(body) -> bool:
+    """Whether the strategy lets a prompt token see later prompt tokens, and no token a later generated one."""
+    if body.mask_strategy_is_causal or not paged_layout_known():
+        return False
+    looks_ahead, whole_prompt = _probe(body.mask_groups, body.config.num_attention_heads)
+    return whole_prompt and not looks_ahead
 
 
 def refuse_cached_look_back(body, mask_mods: list, past: list[int], ends: list[int], device) -> None:
