@@ -225,3 +225,44 @@ def test_an_older_engine_refuses_every_other_strategy_in_one_line(engine_checkpo
                 else "serves the 'causal' strategy only.*'sliding_window'")
     with pytest.raises(ValueError, match=expected):
         run_batch(model)
+
+
+@needs_layout
+@torch.no_grad()
+def test_whole_prompts_survive_the_engine_running_out_of_pages(engine_checkpoint):
+    """Few pages: the engine soft-resets requests (frees their cache, requeues prompt + generated tokens as a new
+    prompt read from position 0). The prompt is read whole again and the generated tokens after it, causally, as
+    generate() reads them (they had become part of the bidirectional prefix), and a requeue longer than the budget
+    no longer fails every request."""
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
+    model.set_mask_strategy("prefix_lm")
+    prompts = [[5, 17, 33, 2, 9, 11, 12, 13, 14, 15], [61, 7, 8, 9, 10, 20, 30, 40, 50, 60], [9, 10, 11, 12, 13, 14, 15, 16, 40, 41]]
+    config = GenerationConfig(max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+    for engine in (dict(num_blocks=6, max_batch_tokens=64), dict(num_blocks=4, max_batch_tokens=12)):
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        size = {"page_size": 16} if "page_size" in inspect.signature(ContinuousBatchingConfig).parameters else {"block_size": 16}
+        out = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=ContinuousBatchingConfig(**engine, **size),
+                                   warmup=False)
+        tokens = [out[key].generated_tokens for key in sorted(out, key=lambda k: int(k.split("_")[-1]))]
+        assert tokens == [alone(model, prompt, 20) for prompt in prompts], engine
+
+
+@needs_layout
+def test_whole_prompt_limits_are_one_line_each(engine_checkpoint):
+    """A persistent manager made for another strategy, and several sequences per prompt (the engine reads a forked
+    prompt in two forwards): refused, never served with split prompts."""
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
+    config = GenerationConfig(max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0)
+    model.generate_batch(inputs=PROMPTS[:2], generation_config=config, continuous_batching_config=small_engine(), persistent_manager=True,
+                         warmup=False)
+    try:
+        model.set_mask_strategy("prefix_lm")
+        with pytest.raises(ValueError, match="persistent manager.*destroy_cached_continuous_batching_manager"):
+            model.init_continuous_batching()
+    finally:
+        model.destroy_cached_continuous_batching_manager()
+    forks = GenerationConfig(max_new_tokens=3, do_sample=True, top_k=1, eos_token_id=None, pad_token_id=0, num_return_sequences=2)
+    with pytest.raises(ValueError, match="num_return_sequences > 1.*once per sequence") as err:
+        model.generate_batch(inputs=[PROMPTS[0]], generation_config=forks, continuous_batching_config=small_engine(), warmup=False)
+    assert "\n" not in str(err.value)

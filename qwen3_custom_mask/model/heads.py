@@ -39,7 +39,7 @@ from .body import (
     register_with_peft,
 )
 from .configuration import CustomQwen3Config
-from .scheduling import whole_prompt_config, whole_prompt_scheduler
+from .scheduling import WHOLE_PROMPT, whole_prompt_config, whole_prompt_scheduler
 from .generation import MaskedGenerationMixin
 from .loss import DEFAULT_CHUNK_SIZE, chunkable_head, chunked_causal_lm_loss
 
@@ -151,12 +151,30 @@ class CustomQwen3ForCausalLM(MaskStrategyHeadMixin, MaskedGenerationMixin, Qwen3
         cache cannot honour is refused here, in one line, before a request is queued."""
         body = self.model
         body.whole_prompt_engine = False
+        cached = getattr(self, "_cached_continuous_batching_manager", None)  # a persistent manager, which stock reuses
+        if cached is not None:
+            body.whole_prompt_engine = getattr(cached.continuous_batching_config, "scheduler_type", None) == WHOLE_PROMPT
+            why = paged.refusal(body)
+            if why:
+                raise ValueError(f"{why} (A persistent manager made for another strategy is reused: call "
+                                 f"model.destroy_cached_continuous_batching_manager() first.)")
+            return super().init_continuous_batching(*args, **kwargs)
         if paged.reads_whole_prompts(body) and whole_prompt_scheduler() is not None:
             bound = inspect.signature(super().init_continuous_batching).bind_partial(*args, **kwargs)
             given = bound.arguments.get("continuous_batching_config")
             if given is None:  # the deprecated route: a ContinuousBatchingConfig on the generation config
                 given = getattr(bound.arguments.get("generation_config"), "continuous_batching_config", None)
+            generation = bound.arguments.get("generation_config") or self.generation_config
+            if (getattr(generation, "num_return_sequences", None) or 1) > 1:  # the engine forks: a prompt in two reads
+                raise ValueError(
+                    f"The mask strategy {self.mask_strategy.name!r} reads each prompt as a whole, and several sequences per "
+                    f"prompt (num_return_sequences > 1) make the engine read a prompt in two forwards: send the prompt "
+                    f"once per sequence, or use model.generate()."
+                )
             config = whole_prompt_config(given)
+            if config is not None and getattr(given, "scheduler_type", "fifo") not in ("fifo", WHOLE_PROMPT):
+                logger.warning(f"The mask strategy {self.mask_strategy.name!r} reads each prompt as a whole: continuous "
+                               f"batching uses the whole-prompt scheduler, not {given.scheduler_type!r}.")
             if config is not None:
                 bound.arguments["continuous_batching_config"] = config
                 body.whole_prompt_engine = True

@@ -6,8 +6,11 @@ plugin runs the engine with its own scheduler (registered in the engine's ``SCHE
 through ``ContinuousBatchingConfig.scheduler_type``) and with block sharing off:
 
 * a prompt is scheduled whole, in one forward (FIFO otherwise, decoding requests first, as stock's scheduler);
-* a prompt longer than ``max_batch_tokens`` can never be read whole: that request alone fails, in one line
-  naming the setting to raise; the others are served.
+  a request the engine soft-resets when pages run out comes back as prompt + generated tokens: its prompt is read
+  whole again, the generated tokens after it (causal, as generate() reads them);
+* a prompt longer than ``max_batch_tokens`` can never be read whole, and several sequences per prompt make the
+  engine read a prompt in two forwards: such a request alone fails, in one line naming the fix; the others are
+  served.
 
 Causal and every other strategy keep the engine's defaults. Where the engine lacks what this needs (older
 releases), whole-prompt strategies stay refused (paged.py).
@@ -29,34 +32,60 @@ def whole_prompt_scheduler():
         return None
     if WHOLE_PROMPT in SCHEDULER_MAPPING:
         return SCHEDULER_MAPPING[WHOLE_PROMPT]
-    if not all(hasattr(FIFOScheduler, name) for name in ("_process_candidates", "add_waiting_request", "schedule_batch")):
+    hooks = ("_process_candidates", "_schedule_request", "add_waiting_request", "schedule_batch")
+    if not all(hasattr(FIFOScheduler, name) for name in hooks):
         return None
+
+    def prompt_part(state) -> int:
+        """Tokens of ``state`` that must be read together, in one forward: its prompt, while not read yet (0 after).
+        A request the engine soft-reset (its cache freed when pages ran out) comes back with prompt + generated
+        tokens as its new prompt, read from position 0: only the first ``_true_initial_tokens`` are the prompt."""
+        if state.status == RequestStatus.DECODING or state.position_offset > 0:
+            return 0
+        return getattr(state, "_true_initial_tokens", 0) or len(state.remaining_prefill_tokens)
 
     class WholePromptScheduler(FIFOScheduler):
         """FIFO, with every prompt read in one forward (see the module docstring)."""
 
         def add_waiting_request(self, state):
+            fresh = not getattr(state, "_true_initial_tokens", 0)  # never raise for the engine's own requeues
             limit = getattr(self.cache, "max_batch_tokens", None)
-            length = len(state.remaining_prefill_tokens)
-            if limit is not None and length > limit:  # the engine fails this request alone, with this message
+            length = prompt_part(state)
+            if fresh and limit is not None and length > limit:  # the engine fails this request alone, with this message
                 raise ValueError(
                     f"This prompt has {length} tokens and the mask strategy reads each prompt as a whole, in one forward, "
                     f"but the engine reads at most {limit} tokens per forward: raise max_batch_tokens "
                     f"(ContinuousBatchingConfig(max_batch_tokens=...), or --cb-max-batch-tokens), or use model.generate()."
                 )
+            if fresh and getattr(state, "num_children", 0) > 0:
+                raise ValueError(
+                    "Several sequences per prompt (num_return_sequences > 1) make the engine read a prompt in two "
+                    "forwards, and the mask strategy reads each prompt as a whole: send the prompt once per sequence, or "
+                    "use model.generate()."
+                )
             super().add_waiting_request(state)
 
         def _process_candidates(self, candidates, token_budget, *args, **kwargs):
-            # Keep only what fits whole, in order: stock's loop then never splits a prompt (each one it takes fits
-            # in what is left of the budget), and a prompt that does not fit now waits for a later forward.
-            whole, left = [], token_budget
+            # Keep what fits whole, in order (decoding requests first, as stock's FIFO), then the requests whose prompt
+            # is read and may be split (a soft-reset request's generated tokens): stock's loop then never splits a
+            # prompt, and a prompt that does not fit now waits for a later forward.
+            whole, splittable, left = [], [], token_budget
             for state in candidates:
-                decoding = state.status == RequestStatus.DECODING
-                need = len(state.tokens_to_process) if decoding else len(state.remaining_prefill_tokens)
+                part = prompt_part(state)
+                if not part and state.status != RequestStatus.DECODING:
+                    splittable.append(state)
+                    continue
+                need = part or len(state.tokens_to_process)
                 if need <= left:
                     whole.append(state)
                     left -= need
-            return super()._process_candidates(whole, token_budget, *args, **kwargs)
+            return super()._process_candidates(whole + splittable, token_budget, *args, **kwargs)
+
+        def _schedule_request(self, state, request_tokens, token_budget, *args, **kwargs):
+            part = prompt_part(state)
+            if part and part < len(request_tokens):  # a soft-reset request: its prompt alone in this forward
+                token_budget = min(token_budget, part)
+            return super()._schedule_request(state, request_tokens, token_budget, *args, **kwargs)
 
     WholePromptScheduler.__module__, WholePromptScheduler.__qualname__ = __name__, "WholePromptScheduler"
     SCHEDULER_MAPPING[WHOLE_PROMPT] = WholePromptScheduler
