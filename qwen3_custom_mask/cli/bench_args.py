@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 
 from .args import OneLineParser
+from .checks import BACKENDS  # torch-free, as this module
 
-DTYPES = ("float32", "bfloat16", "float16")
-BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+DTYPES = ("float32", "bfloat16", "float16")  # the benchmark's (generate's also takes float64)
 
 
 def device_name(text: str) -> str:

@@ -33,12 +33,18 @@ def register_with_peft() -> None:
             table[CustomQwen3Config.model_type] = table["qwen3"]
 
 
+def _say(line: str) -> None:
+    """The line, once per process, however it comes due (TRL imported, PEFT adapters at a forward)."""
+    if line in _pending:
+        _pending.remove(line)
+    if line not in _said:
+        _said.add(line)
+        logger.warning(line)
+
+
 def _say_pending() -> None:
     while _pending:
-        line = _pending.pop(0)
-        if line not in _said:
-            _said.add(line)
-            logger.warning(line)
+        _say(_pending[0])
 
 
 class ClientImportHook(MetaPathFinder):
@@ -107,8 +113,4 @@ def say_if_adapted(body) -> None:
     if "peft" not in sys.modules or not any(type(m).__module__.startswith("peft.") for m in body.modules()):
         return
     line, body._rebuild_note = body._rebuild_note, None
-    if line in _pending:
-        _pending.remove(line)
-    if line not in _said:
-        _said.add(line)
-        logger.warning(line)
+    _say(line)

@@ -94,24 +94,13 @@ def whole_prompt_scheduler():
 
 def whole_prompt_config(config):
     """A copy of ``config`` (a ContinuousBatchingConfig, or None for the default) that schedules whole prompts and
-    shares no cache pages."""
+    shares no cache pages; None where the config has no such settings."""
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     config = ContinuousBatchingConfig() if config is None else config
-    fields = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else set(vars(config))
-    if not {"scheduler_type", "allow_block_sharing"} <= fields:
+    if not dataclasses.is_dataclass(config) or not {"scheduler_type", "allow_block_sharing"} <= {f.name for f in dataclasses.fields(config)}:
         return None
-    changed = {"scheduler_type": WHOLE_PROMPT, "allow_block_sharing": False}
-    return dataclasses.replace(config, **changed) if dataclasses.is_dataclass(config) else _copy_with(config, changed)
-
-
-def _copy_with(config, changed: dict):
-    import copy
-
-    out = copy.copy(config)
-    for key, value in changed.items():
-        setattr(out, key, value)
-    return out
+    return dataclasses.replace(config, scheduler_type=WHOLE_PROMPT, allow_block_sharing=False)
 
 
 def whole_prompts_servable() -> bool:
