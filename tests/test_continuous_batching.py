@@ -266,3 +266,95 @@ def test_whole_prompt_limits_are_one_line_each(engine_checkpoint):
     with pytest.raises(ValueError, match="num_return_sequences > 1.*once per sequence") as err:
         model.generate_batch(inputs=[PROMPTS[0]], generation_config=forks, continuous_batching_config=small_engine(), warmup=False)
     assert "\n" not in str(err.value)
+
+
+LAYOUT_SPECS = [
+    {"name": "sliding_window", "window": [1, 2, 3, 4]},  # per head
+    {"name": "attention_sinks", "sinks": 1, "window": 2},
+    {"and": ["prefix_lm", {"name": "sliding_window", "window": 3}]},
+    "document",
+    {"layers": {"0": "causal", "1": {"name": "chunked", "chunk_size": 3}}},
+]
+
+
+@needs_layout
+@pytest.mark.parametrize("spec", LAYOUT_SPECS, ids=lambda s: str(s)[:40])
+def test_paged_masks_equal_the_mask_mod_asked_element_by_element(tmp_path, spec):
+    """The engine's packed layout, built at once for every request (paged_masks), against the mask_mod asked one
+    (request, head, query, key) at a time: requests mid-decode, a fresh prompt, a split prefill, padding query rows
+    and columns, a sliding layer type whose cache returns fewer keys."""
+    from qwen3_custom_mask.model.paged import paged_masks
+
+    model = CustomQwen3ForCausalLM.from_pretrained(save_tiny_checkpoint(tmp_path, **SLIDING), attn_implementation="sdpa")
+    model.set_mask_strategy(spec)
+    body, heads, t = model.model, model.config.num_attention_heads, torch.tensor
+    cached, new = [4, 0, 5], [1, 3, 3]  # request 0 decodes, 1 starts its prompt, 2 continues a split prefill
+    positions = torch.cat([torch.arange(c, c + n) for c, n in zip(cached, new)] + [torch.zeros(2, dtype=torch.long)])
+    cu_q = t([0, 1, 4, 7, 7])  # a trailing padding sequence with no tokens, then 2 padding query rows
+    keys = {"full_attention": [5, 3, 8], "sliding_attention": [3, 3, 5]}
+    cu_k = {kind: t([0] + torch.tensor(n).cumsum(0).tolist() + [sum(n)]) for kind, n in keys.items()}
+    templates = {kind: torch.full((1, 1, 9, sum(n) + 2), -7.0) for kind, n in keys.items()}  # 2 padding columns
+    masks = paged_masks(body, templates, positions[None], dict(cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k))
+    context = dict(padding_mask=torch.ones(3, 8, dtype=torch.bool), num_heads=heads, training=False,
+                   prefix_lengths=t([0, 3, 0]))
+    for layer, kind in enumerate(model.config.layer_types):
+        group = model.model.mask_strategy.for_layer(layer)
+        mask, _ = masks[kind][layer]
+        if group.flash_form() == {}:
+            assert mask is templates[kind]  # causal: the engine's own mask, untouched
+            continue
+        mask_mod = group.mask_mod(**context)
+        expected = torch.full((1, heads, 9, templates[kind].shape[-1]), torch.finfo(mask.dtype).min)
+        column = 0
+        for r in range(3):
+            end, count = cached[r] + new[r], keys[kind][r]
+            for i in range(new[r]):
+                row = int(cu_q[r]) + i
+                q = cached[r] + i
+                for k, kv in enumerate(range(end - count, end)):
+                    for h in range(heads):
+                        seen = bool(mask_mod(t(r), t(h), t(q), t(kv)))
+                        if kind == "sliding_attention":
+                            seen = seen and abs(q - kv) < model.config.sliding_window
+                        expected[0, h, row, column + k] = 0.0 if seen else expected[0, h, row, column + k]
+            column += count
+        assert torch.equal(mask.expand_as(expected), expected), spec
+        assert not torch.equal(mask.expand_as(expected), torch.full_like(expected, torch.finfo(mask.dtype).min))
+
+
+@needs_layout
+def test_the_look_back_check_reads_every_request_at_once(engine_checkpoint):
+    """Several requests in one forward: only the one whose cached global token sees a new key is refused, by
+    position; requests that start their prompt (nothing cached) add no keys to check."""
+    from qwen3_custom_mask.model.paged import refuse_cached_look_back
+
+    model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
+    model.set_mask_strategy({"name": "global_tokens", "tokens": [100], "window": 1, "causal": False})
+    context = dict(padding_mask=torch.ones(3, 120, dtype=torch.bool), num_heads=4, training=False)
+    mask_mods = [group.mask_mod(**context) for group, _ in model.model.mask_groups]
+    refuse_cached_look_back(model.model, mask_mods, [50, 0, 90], [51, 120, 95], "cpu")  # nobody cached position 100
+    with pytest.raises(ValueError, match="cached position 100 sees position 107"):
+        refuse_cached_look_back(model.model, mask_mods, [50, 0, 107], [51, 120, 109], "cpu")
+
+
+@needs_layout
+@torch.no_grad()
+def test_a_long_whole_prompt_does_not_wait_for_every_decoding_request(engine_checkpoint):
+    """A prompt that does not fit beside the decoding requests goes first: the schedule keeps stock's number of
+    forwards (it waited for all of them before, and ran in a second wave: about twice stock's forwards)."""
+    prompts = [list(range(1, n + 1)) for n in (30, 6, 31, 5, 29, 7, 32, 4)]
+    config = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    forwards = {}
+    for spec in ("causal", "prefix_lm"):
+        model = CustomQwen3ForCausalLM.from_pretrained(engine_checkpoint, attn_implementation="sdpa").eval()
+        model.set_mask_strategy(spec)
+        count = [0]
+        hook = model.model.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        out = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small_engine(32),
+                                   warmup=False)
+        hook.remove()
+        forwards[spec] = count[0]
+        if spec == "prefix_lm":
+            tokens = [out[key].generated_tokens for key in sorted(out, key=lambda k: int(k.split("_")[-1]))]
+            assert tokens == [alone(model, prompt, 12) for prompt in prompts]
+    assert forwards["prefix_lm"] <= forwards["causal"] * 1.25, forwards

@@ -15,7 +15,7 @@ Measured, each as the median with min-max over --repeats:
 * flex_attention: attention time of sliding_window(256) and document(8 docs) against sdpa with a dense mask
   and against the ideal (sdpa over the unmasked blocks only);
 * --only serving: continuous-batching throughput (plugin vs stock, strategies vs stock causal, and against
-  one-by-one generate() at 16 and 64 requests; bench_serving.py).
+  one-by-one generate() at 16, 32 and 64 requests; bench_serving.py).
 """
 
 # torch-free: `qwen3-mask bench --help` and argument mistakes answer before torch is imported (benchmark.py runs).
@@ -44,7 +44,7 @@ def parse_args(argv=None):
     parser = OneLineParser(prog="qwen3-mask bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, type=device_name, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--layers", type=int, default=None, help="default: 2 on CPU, 8 on CUDA")
+    parser.add_argument("--layers", type=int, default=None, help="default: 2 on CPU (serving: 4), 8 on CUDA")
     parser.add_argument("--vocab", type=int, default=32768)
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS,
                         help="default: eager sdpa flex_attention (--quick: eager sdpa)")
@@ -60,6 +60,7 @@ def parse_args(argv=None):
                         "(serving: continuous-batching throughput against stock, asked for by name)")
     parser.add_argument("--block-lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     parser.add_argument("--grid-limit", type=int, default=8192, help="longest length whose grid-built BlockMask is timed")
+    parser.add_argument("--serving-repeats", type=int, default=5, help="alternated rounds of the serving section")
     parser.add_argument("--decode-context", type=int, default=1024)
     parser.add_argument("--decode-new-tokens", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="a smoke run (1-2 minutes on 2 CPU cores): prefill and "
@@ -73,7 +74,7 @@ def resolve_defaults(args, cuda: bool):
     args.device = args.device or ("cuda" if cuda else "cpu")
     on_cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if on_cuda else "float32")
-    args.layers = args.layers or (8 if on_cuda else 2)
+    args.layers = args.layers or (8 if on_cuda else 4 if args.only == "serving" else 2)
     if args.quick:
         args.lengths, args.new_tokens, args.repeats, args.sparse_length, args.vocab = [128, 256], 8, 2, 512, 4096
         args.backends = args.backends or ["eager", "sdpa"]  # flex compiles per shape on CPU: minutes, not a smoke run

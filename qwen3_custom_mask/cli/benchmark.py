@@ -33,16 +33,17 @@ STRATEGIES = {
 assert tuple(STRATEGIES) == STRATEGY_NAMES  # the torch-free argument parser offers these names
 
 
-def build_models(args, backend, device, dtype):
+def build_models(args, backend, device, dtype, **shape):
+    """Stock and plugin with the same random weights: Qwen3-0.6B-shaped layers unless ``shape`` says otherwise."""
     from transformers import Qwen3ForCausalLM
 
     from ..model import CustomQwen3ForCausalLM
     from .tiny import tiny_qwen3_config
 
+    sizes = dict(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8, head_dim=128)
     config = tiny_qwen3_config(
-        hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-        num_hidden_layers=args.layers, vocab_size=args.vocab, initializer_range=0.02, max_position_embeddings=40960,
-        eos_token_id=None, bos_token_id=None,
+        **{**sizes, **shape}, num_hidden_layers=args.layers, vocab_size=args.vocab, initializer_range=0.02,
+        max_position_embeddings=40960, eos_token_id=None, bos_token_id=None,
     )
     config._attn_implementation = backend
     torch.manual_seed(0)

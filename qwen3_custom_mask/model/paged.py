@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from .compat import paged_layout_known
-from ..strategy.lowering import FLASH_BACKENDS, dense_mask, eager_float_mask
+from ..strategy.lowering import FLASH_BACKENDS
 from .masking import LayerMasks, sliding_layer_overlay
 from ..strategy.cacheable import _cannot_cache, _probe, serving_refusal  # noqa: F401  (serving_refusal: 0.1.0's paged.py held it)
 
@@ -59,31 +59,57 @@ def reads_whole_prompts(body) -> bool:
     return whole_prompt and not looks_ahead
 
 
+def _never_looks_ahead(group) -> bool:
+    """Whether a layer group's strategy is causal by construction (a flash form: causal, a window, documents)."""
+    form = group.flash_form()
+    return form is not None and form.get("is_causal", True) is True
+
+
 def refuse_cached_look_back(body, mask_mods: list, past: list[int], ends: list[int], device) -> None:
     """Raises if a token some request already cached would see a key this forward adds: the start-up probe reads a
     bounded prefix, a strategy may look ahead only further on (a global token at position 500). Linear in the
-    cached tokens per request, like generate()'s own check. ``mask_mods``: one per layer group, as the forward built
-    them."""
-    heads = body.config.num_attention_heads
-    for mask_mod in mask_mods:
-        for r, (cached, end) in enumerate(zip(past, ends)):
-            if cached == 0:
-                continue
-            seen = dense_mask(lambda b, h, q, kv, r=r: mask_mod(b + r, h, q, kv), batch_size=1, num_heads=heads, q_offset=0,
-                              q_length=cached, kv_offset=0, kv_length=0, device=device,
-                              padding_mask=torch.ones(1, end, dtype=torch.bool, device=device),
-                              kv_positions=torch.arange(cached, end, device=device)[None])
-            if bool(seen.any()):
-                row = int(seen.any(-1).any(1).nonzero()[0, -1])
-                raise ValueError(
-                    f"The mask strategy {body.mask_strategy.name!r} lets a token see tokens generated after it (cached "
-                    f"position {row} sees position {cached} or later), which a KV cache filled earlier cannot honour: use "
-                    f"model.generate(..., use_cache=False) for it."
-                )
+    cached tokens per request, like generate()'s own check, and one mask_mod call for all requests: every new key
+    is a column, every cached position of its request a row. ``mask_mods``: one per layer group, as the forward
+    built them; groups causal by construction are skipped."""
+    past_t, ends_t = torch.tensor(past, device=device), torch.tensor(ends, device=device)
+    new = torch.where(past_t > 0, ends_t - past_t, torch.zeros_like(past_t))  # requests with nothing cached add none
+    if int(new.sum()) == 0:
+        return
+    owner = torch.repeat_interleave(torch.arange(len(past), device=device), new)  # each new key's request
+    first = torch.cumsum(new, 0) - new
+    keys = past_t[owner] + torch.arange(owner.numel(), device=device) - first[owner]
+    rows = torch.arange(int(past_t.max()), device=device).view(1, 1, -1, 1)
+    cached = rows < past_t[owner].view(1, 1, 1, -1)
+    heads = torch.arange(body.config.num_attention_heads, device=device).view(1, -1, 1, 1)
+    for (group, _), mask_mod in zip(body.mask_groups, mask_mods):
+        if _never_looks_ahead(group):
+            continue
+        seen = _bool(mask_mod(owner.view(1, 1, 1, -1), heads, rows, keys.view(1, 1, 1, -1)), mask_mod) & cached
+        if bool(seen.any()):
+            column = int(seen.any(2).any(1)[0].nonzero()[0])
+            row = int(seen[0, :, :, column].any(0).nonzero()[-1])
+            raise ValueError(
+                f"The mask strategy {body.mask_strategy.name!r} lets a token see tokens generated after it (cached "
+                f"position {row} sees position {int(keys[column])}), which a KV cache filled earlier cannot honour: "
+                f"use model.generate(..., use_cache=False) for it."
+            )
+
+
+def _bool(mask, mask_mod) -> torch.Tensor:
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"A mask_mod must return a bool tensor, got dtype {mask.dtype} from {mask_mod}.")
+    return mask
 
 
 def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) -> dict:
-    """``{layer_type: LayerMasks}`` for one engine forward, in the engine's layout and additive dtype."""
+    """``{layer_type: LayerMasks}`` for one engine forward, in the engine's layout and additive dtype.
+
+    One mask_mod call per layer group and type for all requests, over a gathered grid: row t holds query t's
+    request's own keys (``kv`` varies per row), so the work is the sum of the requests' blocks, not the whole
+    (queries x all keys) rectangle; the result is scattered into the engine's block-diagonal layout. A causal
+    group reuses the engine's own mask (it is stock's, exactly).
+    """
     config = body.config
     layer_types = list(dict.fromkeys(config.layer_types))
     if not isinstance(engine_masks, dict):  # one layer type: the engine hands a single tensor
@@ -102,39 +128,41 @@ def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) ->
     prefix = torch.where(positions[starts] == 0, q_lengths, torch.zeros_like(q_lengths))
     context = dict(padding_mask=torch.ones(requests, int(ends.max()) if requests else 1, dtype=torch.bool, device=device),
                    num_heads=config.num_attention_heads, training=False, prefix_lengths=prefix)
-    q_first = cu_q[:requests].tolist()
-    q_lens = q_lengths.tolist()
     mask_mods = [group.mask_mod(**context) for group, _ in body.mask_groups]  # once per forward, every layer type
     refuse_cached_look_back(body, mask_mods, positions[starts].tolist(), ends.tolist(), device)
+    owner = torch.repeat_interleave(torch.arange(requests, device=device), q_lengths)  # each real query's request
+    real = owner.numel()  # queries past it pad a static shape: fully masked rows (finfo.min, no NaN)
+    b, q = owner.view(1, 1, -1, 1), positions[:real].view(1, 1, -1, 1)
+    h = torch.arange(config.num_attention_heads, device=device).view(1, -1, 1, 1)
     masks = LayerMasks()
     for layer_type in layer_types:
         template = engine_masks[layer_type]
         kv_length = template.shape[-1]
         k_lengths = cu_k[layer_type].long().diff()[:requests]
-        k_first = torch.cat([k_lengths.new_zeros(1), k_lengths.cumsum(0)]).tolist()
-        k_starts = (ends - k_lengths).tolist()  # each request's first key position on this layer type
+        k_first = torch.cumsum(k_lengths, 0) - k_lengths  # each request's first column
+        k_starts = ends - k_lengths  # each request's first key position on this layer type
+        j = torch.arange(int(k_lengths.max()) if requests else 0, device=device).view(1, -1)
+        in_request = (j < k_lengths[owner].view(-1, 1)).view(1, 1, real, -1)  # the row's own keys
+        # Past a request's keys the slot is not attended; clamp its position so per-request inputs stay in range.
+        kv = torch.minimum(k_starts[owner].view(-1, 1) + j, ends[owner].view(-1, 1) - 1).view(1, 1, real, -1)
+        # Slots past a request's keys land (mod kv_length) in other requests' columns, which the row never sees.
+        columns = ((k_first[owner].view(-1, 1) + j) % max(kv_length, 1)).view(1, 1, real, -1)
+        blocked = torch.finfo(template.dtype).min
         for (group, layers), mask_mod in zip(body.mask_groups, mask_mods):
             typed = [idx for idx in layers if config.layer_types[idx] == layer_type]
             if not typed:
                 continue
-            overlay = sliding_layer_overlay(group.flash_form(), config.sliding_window) if layer_type == "sliding_attention" else None
-            # Block-diagonal, as the engine builds its own: each request's queries against its own keys only.
-            dense = torch.zeros(1, 1, positions.numel(), kv_length, dtype=torch.bool, device=device)
-            for r in range(requests):
-                rows, cols = slice(q_first[r], q_first[r] + q_lens[r]), slice(k_first[r], k_first[r + 1])
-                keys = torch.arange(k_starts[r], k_starts[r] + cols.stop - cols.start, device=device)[None]
-
-                def one(b, h, q, kv, r=r, mask_mod=mask_mod, overlay=overlay):
-                    seen = mask_mod(b + r, h, q, kv)  # the request's own row of the per-request inputs
-                    return seen & overlay(b, h, q, kv) if overlay is not None else seen
-
-                block = dense_mask(one, batch_size=1, num_heads=config.num_attention_heads, q_offset=0, q_length=q_lens[r],
-                                   kv_offset=0, kv_length=0, padding_mask=torch.ones(1, k_starts[r] + keys.shape[1], dtype=torch.bool, device=device),
-                                   device=device, kv_positions=keys, q_positions=positions[rows])
-                if block.shape[1] > dense.shape[1]:  # a per-head mask
-                    dense = dense.expand(-1, block.shape[1], -1, -1).clone()
-                dense[:, :, rows, cols] = block
-            lowered = eager_float_mask(dense, template.dtype)  # the engine's additive form (finfo.min: no NaN rows)
+            if group.flash_form() == {}:  # plain causal: the engine's mask is stock's (its window on sliding layers)
+                for idx in typed:
+                    masks[idx] = (template, {})
+                continue
+            seen = _bool(mask_mod(b, h, q, kv), mask_mod) & in_request
+            if layer_type == "sliding_attention":
+                seen = seen & sliding_layer_overlay(group.flash_form(), config.sliding_window)(b, h, q, kv)
+            heads = seen.shape[1]
+            lowered = torch.full((1, heads, positions.numel(), kv_length), blocked, dtype=template.dtype, device=device)
+            values = torch.where(seen, torch.zeros((), dtype=template.dtype, device=device), blocked)
+            lowered[:, :, :real].scatter_(-1, columns.expand(1, heads, -1, -1), values.expand(1, heads, -1, -1))
             for idx in typed:
                 masks[idx] = (lowered, {})
     return {layer_type: masks for layer_type in layer_types}

@@ -68,18 +68,31 @@ def whole_prompt_scheduler():
         def _process_candidates(self, candidates, token_budget, *args, **kwargs):
             # Keep what fits whole, in order (decoding requests first, as stock's FIFO), then the requests whose prompt
             # is read and may be split (a soft-reset request's generated tokens): stock's loop then never splits a
-            # prompt, and a prompt that does not fit now waits for a later forward.
-            whole, splittable, left = [], [], token_budget
+            # prompt. The first prompt that does not fit beside the decoding requests goes first instead, and they
+            # follow as far as the budget allows: otherwise a long prompt waits until every request decoding beside it
+            # has finished, and runs in a second, emptier wave (measured: twice the forwards of stock's schedule).
+            blocked = next((state for state in self._whole_fits(candidates, token_budget)[1]), None)
+            if blocked is not None:
+                candidates = [blocked] + [state for state in candidates if state is not blocked]
+            whole, _ = self._whole_fits(candidates, token_budget)
+            splittable = [state for state in candidates if not prompt_part(state) and state.status != RequestStatus.DECODING]
+            return super()._process_candidates(whole + splittable, token_budget, *args, **kwargs)
+
+        @staticmethod
+        def _whole_fits(candidates, token_budget):
+            """(decoding requests and whole prompts that fit in order, prompts that did not fit)."""
+            whole, left, waiting = [], token_budget, []
             for state in candidates:
                 part = prompt_part(state)
                 if not part and state.status != RequestStatus.DECODING:
-                    splittable.append(state)
-                    continue
+                    continue  # splittable: handled by the caller
                 need = part or len(state.tokens_to_process)
                 if need <= left:
                     whole.append(state)
                     left -= need
-            return super()._process_candidates(whole + splittable, token_budget, *args, **kwargs)
+                elif part:
+                    waiting.append(state)
+            return whole, waiting
 
         def _schedule_request(self, state, request_tokens, token_budget, *args, **kwargs):
             part = prompt_part(state)
