@@ -4,8 +4,7 @@
 The engine (transformers' ``generation/continuous_batching``) runs many requests in one forward: the queries of
 every request in one row, each request's keys read from its cache pages and concatenated in the same order.
 It hands the body its own causal/sliding masks over that layout. For any other strategy the body rebuilds them
-here, once per forward and layer type, through the same lowering as every other path (`dense_mask`, then the
-additive form the engine uses)::
+here, once per forward and layer type, as the additive masks the engine uses (finfo.min: no NaN rows)::
 
     queries   | r0: p0 p1 p2 | r1: p7 |          keys | r0: 0 1 2 | r1: 0 .. 7 |
     mask[t, k] = request(t) == request(k)  and  mask_mod(request, head, position(t), position(k))
@@ -13,7 +12,9 @@ additive form the engine uses)::
 A request's queries sit at their absolute positions (``position_ids``); its keys are the last ``seqlen_k``
 positions before its last query (``cu_seq_lens_k``: all of them on full-attention layers, the window on the
 config's sliding layers). Per-request inputs come from the request itself: ``document`` sees the prompt as one
-document.
+document. The mask_mod is called once for all requests, over a gathered grid (row t: query t against its own
+request's keys, padded to the longest request), so the work is the requests' blocks, not all queries x all keys;
+`test_paged_masks_equal_the_mask_mod_asked_element_by_element` checks it against one scalar call per element.
 
 `refusal` decides at manager start which strategies the engine can serve, and refuses the others in one line,
 never serving them with another mask: a strategy under which a cached token would see a later one
