@@ -307,7 +307,8 @@ def test_export_writes_every_runtimes_flags_and_legacy_fields_that_agree(checkpo
     assert [i for i, kind in enumerate(written["layer_types"]) if kind == "sliding_attention"] == sliding
     legacy = {k: v for k, v in written.items() if k != "layer_types"}
     assert Qwen3Config(**legacy).layer_types == written["layer_types"]
-    assert ("vllm issue 39514" in caplog.text) is bool(sliding)
+    some_layers = bool(sliding) and len(sliding) < len(written["layer_types"])  # vLLM 0.32 serves all-layer windows
+    assert ("vllm issue 39514" in caplog.text) is some_layers
     assert ("use_bidirectional_attention" in caplog.text) is bidirectional
 
 

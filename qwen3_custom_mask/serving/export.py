@@ -43,9 +43,12 @@ def legacy_sliding_fields(layer_types: list[str], strategy) -> dict:
 def runtime_notes(fields: dict) -> list[str]:
     """What known runtimes ignore of an exported config (checked against their Qwen3 code as of 2026-12)."""
     notes = []
-    if "sliding_attention" in fields["layer_types"]:
-        notes.append("vLLM's Qwen3 does not read layer_types sliding windows (vllm issue 39514, open): it runs these "
-                     "layers with full attention. transformers, TGI and llama.cpp's converter read them.")
+    kinds = set(fields["layer_types"])
+    if "sliding_attention" in kinds and len(kinds) > 1:  # every layer sliding: vLLM's native Qwen3 serves it
+        notes.append("vLLM 0.32's native Qwen3 refuses to start a checkpoint whose sliding window covers some layers "
+                     "only (AssertionError 'Sliding window for some but all layers is not supported', vllm issue 39514, "
+                     "open): serve it with `vllm serve OUT --model-impl transformers`. transformers, TGI and llama.cpp's "
+                     "converter read layer_types.")
     if fields["is_causal"] is False:
         notes.append("bidirectional: written as is_causal: false (transformers, vLLM) and use_bidirectional_attention: "
                      "true (text-embeddings-inference); a runtime that reads neither runs it causal.")
