@@ -161,8 +161,13 @@ def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) ->
             if layer_type == "sliding_attention":
                 seen = seen & sliding_layer_overlay(group.flash_form(), config.sliding_window)(b, h, q, kv)
             heads = seen.shape[1]
-            lowered = torch.full((1, heads, positions.numel(), kv_length), blocked, dtype=template.dtype, device=device)
-            values = torch.where(seen, torch.zeros((), dtype=template.dtype, device=device), blocked)
+            lowered = torch.empty((1, heads, positions.numel(), kv_length), dtype=template.dtype, device=device)
+            # Other requests' keys: -inf, so that a row that sees none of its own keys (a mask_mod may allow that)
+            # spreads over its own keys only, as generate() alone does, never over a batch-mate's. Every real row has
+            # its own keys at finfo.min or 0 (finite: no NaN); padding rows are finfo.min throughout.
+            lowered[:, :, :real].fill_(float("-inf"))
+            lowered[:, :, real:].fill_(blocked)
+            values = torch.where(seen, 0.0, torch.where(in_request, blocked, float("-inf"))).to(template.dtype)
             lowered[:, :, :real].scatter_(-1, columns.expand(1, heads, -1, -1), values.expand(1, heads, -1, -1))
             for idx in typed:
                 masks[idx] = (lowered, {})

@@ -5,7 +5,8 @@ prompts that begin alike; either would change such a prompt's keys and values. F
 plugin runs the engine with its own scheduler (registered in the engine's ``SCHEDULER_MAPPING``, chosen by name
 through ``ContinuousBatchingConfig.scheduler_type``) and with block sharing off:
 
-* a prompt is scheduled whole, in one forward (FIFO otherwise, decoding requests first, as stock's scheduler);
+* a prompt is scheduled whole, in one forward (FIFO otherwise, decoding requests first, as stock's scheduler,
+  except that when the oldest prompt cannot fit beside the decoding requests, the prompts go first);
   a request the engine soft-resets when pages run out comes back as prompt + generated tokens: its prompt is read
   whole again, the generated tokens after it (causal, as generate() reads them);
 * a prompt longer than ``max_batch_tokens`` can never be read whole, and several sequences per prompt make the
@@ -66,33 +67,26 @@ def whole_prompt_scheduler():
             super().add_waiting_request(state)
 
         def _process_candidates(self, candidates, token_budget, *args, **kwargs):
-            # Keep what fits whole, in order (decoding requests first, as stock's FIFO), then the requests whose prompt
-            # is read and may be split (a soft-reset request's generated tokens): stock's loop then never splits a
-            # prompt. The first prompt that does not fit beside the decoding requests goes first instead, and they
-            # follow as far as the budget allows: otherwise a long prompt waits until every request decoding beside it
-            # has finished, and runs in a second, emptier wave (measured: twice the forwards of stock's schedule).
-            blocked = next((state for state in self._whole_fits(candidates, token_budget)[1]), None)
-            if blocked is not None:
-                candidates = [blocked] + [state for state in candidates if state is not blocked]
-            whole, _ = self._whole_fits(candidates, token_budget)
+            # Stock's FIFO reads the decoding requests first, then splits the oldest prompt to fill the budget. Here a
+            # prompt is read whole or not at all: the prompts that fit whole, in order, follow the decoding requests,
+            # and the requests whose prompt is read and may be split (a soft-reset request's generated tokens) come
+            # last. When the oldest prompt cannot fit beside the decoding requests, the prompts go first instead
+            # (otherwise a long prompt waits until every request decoding beside it has finished, and runs in a
+            # second, emptier wave: twice stock's forwards). The decoding requests are always handed on, so that the
+            # engine still runs them when a prompt cannot get cache pages.
+            decoding = [state for state in candidates if state.status == RequestStatus.DECODING]
+            prompts = [state for state in candidates if prompt_part(state)]
             splittable = [state for state in candidates if not prompt_part(state) and state.status != RequestStatus.DECODING]
-            return super()._process_candidates(whole + splittable, token_budget, *args, **kwargs)
-
-        @staticmethod
-        def _whole_fits(candidates, token_budget):
-            """(decoding requests and whole prompts that fit in order, prompts that did not fit)."""
-            whole, left, waiting = [], token_budget, []
-            for state in candidates:
-                part = prompt_part(state)
-                if not part and state.status != RequestStatus.DECODING:
-                    continue  # splittable: handled by the caller
-                need = part or len(state.tokens_to_process)
-                if need <= left:
+            decode_tokens = sum(len(state.tokens_to_process) for state in decoding)
+            prompts_first = bool(prompts) and decode_tokens + prompt_part(prompts[0]) > token_budget
+            left = token_budget if prompts_first else token_budget - decode_tokens
+            whole = []
+            for state in prompts:
+                if prompt_part(state) <= left:
                     whole.append(state)
-                    left -= need
-                elif part:
-                    waiting.append(state)
-            return whole, waiting
+                    left -= prompt_part(state)
+            ordered = whole + decoding if prompts_first else decoding + whole
+            return super()._process_candidates(ordered + splittable, token_budget, *args, **kwargs)
 
         def _schedule_request(self, state, request_tokens, token_budget, *args, **kwargs):
             part = prompt_part(state)
