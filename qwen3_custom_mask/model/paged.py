@@ -4,7 +4,8 @@
 The engine (transformers' ``generation/continuous_batching``) runs many requests in one forward: the queries of
 every request in one row, each request's keys read from its cache pages and concatenated in the same order.
 It hands the body its own causal/sliding masks over that layout. For any other strategy the body rebuilds them
-here, once per forward and layer type, as the additive masks the engine uses (finfo.min: no NaN rows)::
+here, once per forward and layer type, as the additive masks the engine uses (0 or finfo.min on a request's own
+keys, -inf on other requests': no NaN rows)::
 
     queries   | r0: p0 p1 p2 | r1: p7 |          keys | r0: 0 1 2 | r1: 0 .. 7 |
     mask[t, k] = request(t) == request(k)  and  mask_mod(request, head, position(t), position(k))

@@ -6,7 +6,7 @@ plugin runs the engine with its own scheduler (registered in the engine's ``SCHE
 through ``ContinuousBatchingConfig.scheduler_type``) and with block sharing off:
 
 * a prompt is scheduled whole, in one forward (FIFO otherwise, decoding requests first, as stock's scheduler,
-  except that when the oldest prompt cannot fit beside the decoding requests, the prompts go first);
+  except that when the oldest prompt cannot fit beside the decoding requests, it goes first);
   a request the engine soft-resets when pages run out comes back as prompt + generated tokens: its prompt is read
   whole again, the generated tokens after it (causal, as generate() reads them);
 * a prompt longer than ``max_batch_tokens`` can never be read whole, and several sequences per prompt make the
@@ -70,23 +70,22 @@ def whole_prompt_scheduler():
             # Stock's FIFO reads the decoding requests first, then splits the oldest prompt to fill the budget. Here a
             # prompt is read whole or not at all: the prompts that fit whole, in order, follow the decoding requests,
             # and the requests whose prompt is read and may be split (a soft-reset request's generated tokens) come
-            # last. When the oldest prompt cannot fit beside the decoding requests, the prompts go first instead
-            # (otherwise a long prompt waits until every request decoding beside it has finished, and runs in a
-            # second, emptier wave: twice stock's forwards). The decoding requests are always handed on, so that the
-            # engine still runs them when a prompt cannot get cache pages.
+            # last. When the oldest prompt cannot fit beside the decoding requests, it alone goes first (otherwise a
+            # long prompt waits until every request decoding beside it has finished, and runs in a second, emptier
+            # wave: twice stock's forwards). The decoding requests are always handed on, so that the engine still
+            # runs them when a prompt cannot get cache pages.
             decoding = [state for state in candidates if state.status == RequestStatus.DECODING]
             prompts = [state for state in candidates if prompt_part(state)]
             splittable = [state for state in candidates if not prompt_part(state) and state.status != RequestStatus.DECODING]
-            decode_tokens = sum(len(state.tokens_to_process) for state in decoding)
-            prompts_first = bool(prompts) and decode_tokens + prompt_part(prompts[0]) > token_budget
-            left = token_budget if prompts_first else token_budget - decode_tokens
+            left = token_budget - sum(len(state.tokens_to_process) for state in decoding)
+            first = prompts[:1] if prompts and prompt_part(prompts[0]) > left else []
+            left -= sum(prompt_part(state) for state in first)
             whole = []
-            for state in prompts:
+            for state in prompts[len(first):]:
                 if prompt_part(state) <= left:
                     whole.append(state)
                     left -= prompt_part(state)
-            ordered = whole + decoding if prompts_first else decoding + whole
-            return super()._process_candidates(ordered + splittable, token_budget, *args, **kwargs)
+            return super()._process_candidates(first + decoding + whole + splittable, token_budget, *args, **kwargs)
 
         def _schedule_request(self, state, request_tokens, token_budget, *args, **kwargs):
             part = prompt_part(state)
