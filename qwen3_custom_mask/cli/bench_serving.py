@@ -11,8 +11,8 @@ Same weights and the same prompts (mixed lengths, greedy, a fixed number of new 
 
 Run to run, one case varies by about +-10% on 2 CPU cores (stock against itself included), and the first runs
 are the slowest: so a full-size warm-up run first, then ``--serving-repeats`` rounds of every case, each round in
-a rotated order, and a ratio of medians. On CPU the model
-is small (4 layers, hidden 512, 8 heads: the engine and the masks, not the matmuls, are what differ).
+a rotated order, and a ratio of medians. On CPU the model is small (4 layers, hidden 512, 8 heads: the engine and
+the masks, not the matmuls, are what differ).
 """
 
 from __future__ import annotations

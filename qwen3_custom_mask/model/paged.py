@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from .compat import paged_layout_known
-from ..strategy.lowering import FLASH_BACKENDS
+from ..strategy.lowering import FLASH_BACKENDS, bool_mask
 from .masking import LayerMasks, sliding_layer_overlay
 from ..strategy.cacheable import _cannot_cache, _probe, serving_refusal  # noqa: F401  (serving_refusal: 0.1.0's paged.py held it)
 
@@ -73,9 +73,10 @@ def refuse_cached_look_back(body, mask_mods: list, past: list[int], ends: list[i
     cached tokens per request, like generate()'s own check, and one mask_mod call for all requests: every new key
     is a column, every cached position of its request a row. ``mask_mods``: one per layer group, as the forward
     built them; groups causal by construction are skipped."""
+    checked = [(group, mask_mod) for (group, _), mask_mod in zip(body.mask_groups, mask_mods) if not _never_looks_ahead(group)]
     past_t, ends_t = torch.tensor(past, device=device), torch.tensor(ends, device=device)
     new = torch.where(past_t > 0, ends_t - past_t, torch.zeros_like(past_t))  # requests with nothing cached add none
-    if int(new.sum()) == 0:
+    if not checked or int(new.sum()) == 0:
         return
     owner = torch.repeat_interleave(torch.arange(len(past), device=device), new)  # each new key's request
     first = torch.cumsum(new, 0) - new
@@ -83,10 +84,8 @@ def refuse_cached_look_back(body, mask_mods: list, past: list[int], ends: list[i
     rows = torch.arange(int(past_t.max()), device=device).view(1, 1, -1, 1)
     cached = rows < past_t[owner].view(1, 1, 1, -1)
     heads = torch.arange(body.config.num_attention_heads, device=device).view(1, -1, 1, 1)
-    for (group, _), mask_mod in zip(body.mask_groups, mask_mods):
-        if _never_looks_ahead(group):
-            continue
-        seen = _bool(mask_mod(owner.view(1, 1, 1, -1), heads, rows, keys.view(1, 1, 1, -1)), mask_mod) & cached
+    for _, mask_mod in checked:
+        seen = bool_mask(mask_mod, owner.view(1, 1, 1, -1), heads, rows, keys.view(1, 1, 1, -1)) & cached
         if bool(seen.any()):
             column = int(seen.any(2).any(1)[0].nonzero()[0])
             row = int(seen[0, :, :, column].any(0).nonzero()[-1])
@@ -95,13 +94,6 @@ def refuse_cached_look_back(body, mask_mods: list, past: list[int], ends: list[i
                 f"position {row} sees position {int(keys[column])}), which a KV cache filled earlier cannot honour: "
                 f"use model.generate(..., use_cache=False) for it."
             )
-
-
-def _bool(mask, mask_mod) -> torch.Tensor:
-    mask = torch.as_tensor(mask)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"A mask_mod must return a bool tensor, got dtype {mask.dtype} from {mask_mod}.")
-    return mask
 
 
 def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) -> dict:
@@ -158,7 +150,7 @@ def paged_masks(body, engine_masks, position_ids: torch.Tensor, kwargs: dict) ->
                 for idx in typed:
                     masks[idx] = (template, {})
                 continue
-            seen = _bool(mask_mod(b, h, q, kv), mask_mod) & in_request
+            seen = bool_mask(mask_mod, b, h, q, kv) & in_request
             if layer_type == "sliding_attention":
                 seen = seen & sliding_layer_overlay(group.flash_form(), config.sliding_window)(b, h, q, kv)
             heads = seen.shape[1]

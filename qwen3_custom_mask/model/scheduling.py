@@ -74,18 +74,20 @@ def whole_prompt_scheduler():
             # long prompt waits until every request decoding beside it has finished, and runs in a second, emptier
             # wave: twice stock's forwards). The decoding requests are always handed on, so that the engine still
             # runs them when a prompt cannot get cache pages.
-            decoding = [state for state in candidates if state.status == RequestStatus.DECODING]
-            prompts = [state for state in candidates if prompt_part(state)]
-            splittable = [state for state in candidates if not prompt_part(state) and state.status != RequestStatus.DECODING]
+            parts = [(state, prompt_part(state)) for state in candidates]
+            decoding = [state for state, part in parts if state.status == RequestStatus.DECODING]
+            prompts = [(state, part) for state, part in parts if part]
+            splittable = [state for state, part in parts if not part and state.status != RequestStatus.DECODING]
             left = token_budget - sum(len(state.tokens_to_process) for state in decoding)
-            first = prompts[:1] if prompts and prompt_part(prompts[0]) > left else []
-            left -= sum(prompt_part(state) for state in first)
+            first = prompts[:1] if prompts and prompts[0][1] > left else []
+            left -= sum(part for _, part in first)
             whole = []
-            for state in prompts[len(first):]:
-                if prompt_part(state) <= left:
+            for state, part in prompts[len(first):]:
+                if part <= left:
                     whole.append(state)
-                    left -= prompt_part(state)
-            return super()._process_candidates(first + decoding + whole + splittable, token_budget, *args, **kwargs)
+                    left -= part
+            return super()._process_candidates([state for state, _ in first] + decoding + whole + splittable, token_budget,
+                                               *args, **kwargs)
 
         def _schedule_request(self, state, request_tokens, token_budget, *args, **kwargs):
             part = prompt_part(state)

@@ -58,6 +58,14 @@ def reads_head(mask_mod: MaskMod, num_heads: int, device) -> bool:
     return out.dim() == 4 and out.shape[1] > 1
 
 
+def bool_mask(mask_mod: MaskMod, b, h, q, kv) -> torch.Tensor:
+    """``mask_mod`` called on index tensors (any broadcastable shapes), checked to be a bool tensor."""
+    mask = torch.as_tensor(mask_mod(b, h, q, kv), device=kv.device)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"A mask_mod must return a bool tensor, got dtype {mask.dtype} from {mask_mod}.")
+    return mask
+
+
 def dense_mask(
     mask_mod: MaskMod,
     *,
@@ -79,9 +87,7 @@ def dense_mask(
     keys = key_positions(kv_offset, kv_length, kv_positions, device)
     grids = _grids(batch_size, num_heads, q_offset, q_length, device, keys, q_positions)
     q_length, kv_length = grids[2].shape[2], keys.shape[-1]
-    mask = torch.as_tensor(mask_mod(*grids), device=device)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"A mask_mod must return a bool tensor, got dtype {mask.dtype} from {mask_mod}.")
+    mask = bool_mask(mask_mod, *grids)
     heads = num_heads if mask.dim() == 4 and mask.shape[1] > 1 else 1
     real = key_is_real(padding_mask, keys).view(batch_size, 1, 1, kv_length)
     return mask.expand(batch_size, heads, q_length, kv_length) & real
