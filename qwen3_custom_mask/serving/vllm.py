@@ -1,0 +1,174 @@
+"""vLLM: the plugin's entry point, and which vLLM attention each layer of a strategy runs on.
+
+vLLM loads ``register`` (the ``vllm.general_plugins`` entry point in pyproject.toml) in every process it
+starts; it registers ``CustomQwen3ForCausalLM`` (a plugin checkpoint's architecture) with vLLM's model
+registry, lazily, so ``vllm serve CKPT`` and ``vllm.LLM(CKPT)`` serve a plugin checkpoint unchanged. The
+model itself is vllm_model.py; this file imports neither vLLM nor torch at import time.
+
+`layer_plan` decides, per layer, the fastest path that is exactly the strategy, or refuses:
+
+    causal, sliding_window(w), document (one request is one document)   vLLM's decoder attention, own window
+    chunked(c)                                                          ChunkedLocalAttention (Llama 4's)
+    prefix_lm (the prompt is the prefix)                                PrefillPrefixLMAttention
+    bidirectional (pooling runner: LLM.embed, /v1/embeddings)           EncoderOnlyAttention
+    other position-only strategies (sinks, dilated, global tokens,
+    compositions, per-head windows)                                     FlexAttention's logical_mask_mod
+    per-request inputs (document ids, prefix_lengths, tree, user_mask),
+    look-ahead in cached generation, bidirectional generation           refused when the engine starts
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+MODEL_CLASS = "qwen3_custom_mask.serving.vllm_model:CustomQwen3ForCausalLM"
+ARCHITECTURE = "CustomQwen3ForCausalLM"
+FLEX = "FLEX_ATTENTION"
+
+
+def register() -> None:
+    """The ``vllm.general_plugins`` entry point: vLLM calls it in every process before it loads a model."""
+    from vllm import ModelRegistry
+
+    import qwen3_custom_mask  # noqa: F401  (AutoConfig learns model_type "qwen3_custom_mask")
+
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+
+
+class VllmRefusal(ValueError):
+    """A strategy vLLM cannot serve as written; the message is one line naming the strategy and the fix."""
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """How one layer attends on vLLM. kind: decoder | chunked | prefix_lm | encoder_only | flex."""
+
+    kind: str
+    window: int | None = None  # decoder: vLLM's per_layer_sliding_window (same convention as the plugin's)
+    chunk_size: int | None = None
+    mask_mod: Callable | None = None  # flex: FlexAttention's logical_mask_mod (positions within the request)
+    strategy: Any = None
+
+    @property
+    def needs_flex(self) -> bool:
+        return self.kind == "flex"
+
+
+def _spec(strategy) -> str:
+    import json
+
+    return json.dumps(strategy.to_dict(), separators=(",", ":"))
+
+
+def _refuse(strategy, why: str, fix: str) -> VllmRefusal:
+    return VllmRefusal(f"vLLM cannot serve the mask strategy {_spec(strategy)}: {why}; {fix}.")
+
+
+SERVE_ELSEWHERE = "serve it with `qwen3-mask serve --continuous-batching` (transformers' engine) instead"
+
+
+def _direction_form(strategy) -> dict | None:
+    """The strategy's flash form with packed documents read as one document per request (a served request is
+    one document), or None if it has none."""
+    form = strategy.flash_form()
+    if form is None:
+        return None
+    return {k: v for k, v in form.items() if k != "documents" and not (k == "is_causal" and v)}
+
+
+def _flex_mask_mod(strategy, num_heads: int, window: int | None):
+    """The layer's mask_mod over positions within a request (no padding: vLLM packs requests without it),
+    ANDed with the config's own sliding window on a sliding layer, as the plugin's body does."""
+    import torch
+
+    mask_mod = strategy.mask_mod(num_heads=num_heads, padding_mask=None, training=False)
+    if window is None:
+        return mask_mod
+
+    def windowed(b, h, q_idx, kv_idx):
+        return mask_mod(b, h, q_idx, kv_idx) & (q_idx - kv_idx < window) & (kv_idx <= q_idx)
+
+    return windowed
+
+
+def _cache_probe(strategy, num_heads: int) -> tuple[bool, bool]:
+    from ..strategy.cacheable import _probe
+
+    return _probe([(strategy, None)], num_heads)
+
+
+def layer_plan(strategy, config, *, pooling: bool) -> list[LayerPlan]:
+    """One `LayerPlan` per layer of a model with ``config`` (a Qwen3Config with layer_types and sliding_window),
+    for vLLM's generate runner (``pooling=False``: a KV cache, prompts chunked and cached) or its pooling runner
+    (one forward over the whole input); raises `VllmRefusal` for what no vLLM path serves exactly."""
+    num_heads = config.num_attention_heads
+    strategy.check_model(config.num_hidden_layers, num_heads)
+    if not strategy.generates or strategy.inputs and strategy.name not in ("document", "prefix_lm"):
+        raise _refuse(strategy, f"it needs per-request inputs ({', '.join(strategy.inputs) or 'a draft tree'}), "
+                                f"and vLLM passes none to a model", SERVE_ELSEWHERE)
+    plans, flex_mods = [], {}
+    for idx in range(config.num_hidden_layers):
+        layer = strategy.for_layer(idx)
+        own = config.sliding_window if config.layer_types[idx] == "sliding_attention" else None
+        plans.append(_plan(layer, own, num_heads, pooling, flex_mods))
+    return plans
+
+
+def _plan(layer, own_window: int | None, num_heads: int, pooling: bool, flex_mods: dict) -> LayerPlan:
+    if layer.inputs and layer.name not in ("document", "prefix_lm"):
+        raise _refuse(layer, f"it needs per-request inputs ({', '.join(layer.inputs)}), and vLLM passes none to a "
+                             f"model", SERVE_ELSEWHERE)
+    form = _direction_form(layer)
+    params = getattr(layer, "params", None)
+    if form is not None and form.get("is_causal") is None:  # causal, or one window
+        windows = [w for w in (own_window, form.get("sliding_window")) if w]
+        return LayerPlan("decoder", window=min(windows) if windows else None, strategy=layer)
+    if form == {"is_causal": False}:
+        if not pooling:
+            raise _refuse(layer, "a bidirectional model has no KV-cacheable form, so vLLM cannot generate text with it",
+                          "serve it as an embedding model: `vllm serve CKPT --runner pooling` (LLM(CKPT, "
+                          "runner='pooling').embed)")
+        if own_window is not None:
+            raise _refuse(layer, "bidirectional attention inside the config's sliding window has no vLLM path",
+                          SERVE_ELSEWHERE)
+        return LayerPlan("encoder_only", strategy=layer)
+    if layer.name == "chunked" and params is not None and own_window is None:
+        return LayerPlan("chunked", chunk_size=layer.resolved_params["chunk_size"], strategy=layer)
+    if layer.name == "prefix_lm" and own_window is None and not pooling:
+        if params:
+            raise _refuse(layer, "explicit prefix_lengths are per-request inputs", SERVE_ELSEWHERE)
+        return LayerPlan("prefix_lm", strategy=layer)
+    if layer.inputs:
+        raise _refuse(layer, f"it needs per-request inputs ({', '.join(layer.inputs)})", SERVE_ELSEWHERE)
+    if pooling:
+        raise _refuse(layer, "vLLM's pooling runner has a mask hook for bidirectional attention only",
+                      "export a bidirectional or causal variant, or embed with the plugin (transformers)")
+    looks_ahead, whole_prompt = _cache_probe(layer, num_heads)
+    if looks_ahead:
+        raise _refuse(layer, "it lets a token see tokens generated after it, which a KV cache filled earlier cannot "
+                             "honour", "generate with model.generate(..., use_cache=False) in transformers")
+    if whole_prompt:
+        raise _refuse(layer, "it reads each prompt as a whole, but vLLM splits prompts into chunks and caches shared "
+                             "prefixes", SERVE_ELSEWHERE)
+    key = (layer, own_window)
+    if key not in flex_mods:  # layers with one strategy share one mask_mod (what full CUDA graphs need)
+        flex_mods[key] = _flex_mask_mod(layer, num_heads, own_window)
+    return LayerPlan("flex", mask_mod=flex_mods[key], strategy=layer)
+
+
+def check_backends(plans: list[LayerPlan], backends: list[str], full_cudagraphs: bool) -> None:
+    """Refuses a flex plan on a backend that would ignore its mask_mod (CPU_ATTN, FLASH_ATTN, FLASHINFER...), and
+    differing mask_mods under full CUDA graphs (which capture one for every layer)."""
+    for plan, backend in zip(plans, backends):
+        if plan.needs_flex and backend != FLEX:
+            raise _refuse(plan.strategy, f"it runs on vLLM only through FlexAttention's mask hook, and this engine "
+                                         f"selected the {backend} backend, which would ignore it",
+                          "start vLLM on a GPU with `--attention-backend FLEX_ATTENTION`, or " + SERVE_ELSEWHERE)
+    if full_cudagraphs and any(plan.needs_flex for plan in plans):
+        mods = {plan.mask_mod for plan in plans}
+        if len(mods) > 1:
+            raise _refuse(plans[0].strategy, "full CUDA graphs capture one mask for every layer, and its layers "
+                                             "attend differently",
+                          "start vLLM with `--compilation-config '{\"cudagraph_mode\": \"PIECEWISE\"}'`")
