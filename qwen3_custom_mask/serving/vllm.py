@@ -31,10 +31,37 @@ def register() -> None:
     """The ``vllm.general_plugins`` entry point: vLLM calls it in every process before it loads a model."""
     from vllm import ModelRegistry
 
-    import qwen3_custom_mask  # noqa: F401  (AutoConfig learns model_type "qwen3_custom_mask")
+    from ..model import CustomQwen3ForCausalLM  # noqa: F401  (model/ registers model_type "qwen3_custom_mask" with AutoConfig)
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    try:  # vLLM's per-architecture config hooks (a dict keyed by architecture, as its own models use)
+        from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+    except ImportError:  # a vLLM without them: CustomQwen3Model asks for --hf-overrides '{"is_causal": false}'
+        return
+    MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, DirectionHook)
+
+
+def is_bidirectional(strategy, num_layers: int) -> bool:
+    """Every layer attends both ways: what vLLM calls an encoder-only model (``is_causal: false``)."""
+    return all(_direction_form(strategy.for_layer(idx)) == {"is_causal": False} for idx in range(num_layers))
+
+
+class DirectionHook:
+    """vLLM decides whether a pooling model keeps a KV cache from ``hf_config.is_causal`` before it builds the
+    model; a plugin config says it through its strategy, so this hook writes it where vLLM reads it."""
+
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        return
+
+    @staticmethod
+    def verify_and_update_model_config(model_config) -> None:
+        from ..strategy import resolve_strategy
+
+        config = model_config.hf_config.get_text_config()
+        if is_bidirectional(resolve_strategy(getattr(config, "mask_strategy", None)), config.num_hidden_layers):
+            model_config.hf_config.is_causal = False
 
 
 class VllmRefusal(ValueError):
@@ -140,6 +167,9 @@ def _plan(layer, own_window: int | None, num_heads: int, pooling: bool, flex_mod
         if params:
             raise _refuse(layer, "explicit prefix_lengths are per-request inputs", SERVE_ELSEWHERE)
         return LayerPlan("prefix_lm", strategy=layer)
+    if layer.name == "prefix_lm" and pooling:
+        raise _refuse(layer, "an embedding's whole input is its prompt, so the prefix is all of it",
+                      "save the checkpoint with mask_strategy 'bidirectional', which vLLM embeds natively")
     if layer.inputs:
         raise _refuse(layer, f"it needs per-request inputs ({', '.join(layer.inputs)})", SERVE_ELSEWHERE)
     if pooling:
@@ -158,10 +188,15 @@ def _plan(layer, own_window: int | None, num_heads: int, pooling: bool, flex_mod
     return LayerPlan("flex", mask_mod=flex_mods[key], strategy=layer)
 
 
-def check_backends(plans: list[LayerPlan], backends: list[str], full_cudagraphs: bool) -> None:
-    """Refuses a flex plan on a backend that would ignore its mask_mod (CPU_ATTN, FLASH_ATTN, FLASHINFER...), and
-    differing mask_mods under full CUDA graphs (which capture one for every layer)."""
+def check_backends(plans: list[LayerPlan], backends: list[str], full_cudagraphs: bool, block_size: int | None) -> None:
+    """Refuses a flex plan on a backend that would ignore its mask_mod (CPU_ATTN, FLASH_ATTN, FLASHINFER...),
+    differing mask_mods under full CUDA graphs (which capture one for every layer), and a chunk vLLM's chunked
+    attention cannot lay over its KV blocks (it fails at the first request otherwise)."""
     for plan, backend in zip(plans, backends):
+        if plan.kind == "chunked" and block_size and plan.chunk_size % block_size:
+            raise _refuse(plan.strategy, f"vLLM's chunked attention needs chunk_size to be a multiple of the KV cache "
+                                         f"block size ({block_size})",
+                          f"start vLLM with a --block-size that divides {plan.chunk_size} (on CPU, a multiple of 32)")
         if plan.needs_flex and backend != FLEX:
             raise _refuse(plan.strategy, f"it runs on vLLM only through FlexAttention's mask hook, and this engine "
                                          f"selected the {backend} backend, which would ignore it",

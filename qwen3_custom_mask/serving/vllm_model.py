@@ -21,7 +21,7 @@ from vllm.model_executor.models.utils import PPMissingLayer, extract_layer_index
 from vllm.v1.attention.backend import AttentionType
 
 from ..strategy import resolve_strategy
-from .vllm import LayerPlan, check_backends, layer_plan
+from .vllm import LayerPlan, VllmRefusal, check_backends, layer_plan
 
 _PLANS: contextvars.ContextVar[list[LayerPlan]] = contextvars.ContextVar("qwen3_custom_mask_vllm_plans")
 
@@ -72,6 +72,9 @@ class CustomQwen3Model(Qwen3Model):
         config = vllm_config.model_config.hf_config.get_text_config()
         strategy = resolve_strategy(getattr(config, "mask_strategy", None))
         plans = layer_plan(strategy, config, pooling=vllm_config.model_config.runner_type == "pooling")
+        if any(plan.kind == "encoder_only" for plan in plans) and getattr(config, "is_causal", True):
+            raise VllmRefusal(f"vLLM would keep a KV cache for the bidirectional mask strategy of this checkpoint: "
+                              f"start it with --hf-overrides '{{\"is_causal\": false}}'.")
         token = _PLANS.set(plans)
         # Qwen2Model asserts that sliding layers are all or none because it gives every layer the model's one
         # window; these layers get their own (`CustomQwen3DecoderLayer`), so the assertion is lifted while they
@@ -89,7 +92,8 @@ class CustomQwen3Model(Qwen3Model):
         mine = plans[self.start_layer:self.end_layer]
         graphs = vllm_config.compilation_config.cudagraph_mode
         check_backends(mine, [layer.backend_name for layer in built],
-                       full_cudagraphs=graphs is not None and graphs.has_full_cudagraphs())
+                       full_cudagraphs=graphs is not None and graphs.has_full_cudagraphs(),
+                       block_size=vllm_config.cache_config.block_size)
         self.mask_plans = plans
 
 

@@ -1,0 +1,69 @@
+"""Runs checkpoints on vLLM's offline engine, one after another, and writes what each returned as JSON.
+
+    python -m qwen3_custom_mask.serving.vllm_run JOBS.json OUT.json
+
+JOBS.json: ``{"prompts": [[token ids], ...], "max_tokens": 32, "engine": {LLM kwargs}, "runs": [{"model": PATH,
+"task": "generate" | "embed", "engine": {more LLM kwargs}}, ...]}``. Each run gets ``tokens`` (greedy, per
+prompt) or ``embeddings``, ``seconds`` (the requests alone, engine start excluded) or ``error`` (the first line
+of a refusal). The tests and ``qwen3-mask bench --only vllm`` use it: vLLM's engine is a process tree with a
+``__main__`` guard, best kept out of the caller's process.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+
+
+def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    task = run.get("task", "generate")
+    kwargs = {**engine, **run.get("engine", {})}
+    if task == "embed":
+        kwargs["runner"] = "pooling"
+    try:
+        llm = LLM(run["model"], **kwargs)
+    except Exception as err:  # a refusal surfaces as the engine's start-up failure; keep its own line
+        return {"error": _refusal_line(err)}
+    inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    start = time.perf_counter()
+    if task == "embed":
+        outputs = llm.embed(inputs, use_tqdm=False)
+        result = {"embeddings": [o.outputs.embedding for o in outputs]}
+    else:
+        params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, detokenize=False)
+        outputs = llm.generate(inputs, params, use_tqdm=False)
+        result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs]}
+    result["seconds"] = time.perf_counter() - start
+    del llm
+    gc.collect()
+    return result
+
+
+def _refusal_line(err: BaseException) -> str:
+    """The plugin's refusal, found in the chain (in-process) or in the text vLLM relays from its workers."""
+    chain = [err]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for item in chain:
+        if "vLLM cannot serve" in str(item):
+            return str(item).splitlines()[0]
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    jobs_path, out_path = (argv or sys.argv[1:])[:2]
+    jobs = json.loads(open(jobs_path).read())
+    results = []
+    for run in jobs["runs"]:
+        print(f"vllm_run: {run['model']} ({run.get('task', 'generate')})", flush=True)
+        results.append(run_one(jobs["prompts"], jobs.get("max_tokens", 32), run, jobs.get("engine", {})))
+        open(out_path, "w").write(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
