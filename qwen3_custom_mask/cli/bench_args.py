@@ -16,6 +16,8 @@ Measured, each as the median with min-max over --repeats:
   and against the ideal (sdpa over the unmasked blocks only);
 * --only serving: continuous-batching throughput (plugin vs stock, strategies vs stock causal, and against
   one-by-one generate() at 16, 32 and 64 requests; bench_serving.py).
+* --only vllm: the plugin on vLLM (plugin causal and each native strategy against stock Qwen3 on vLLM, and vLLM
+  against transformers' continuous batching; bench_vllm.py). Needs vLLM installed beside the plugin.
 """
 
 # torch-free: `qwen3-mask bench --help` and argument mistakes answer before torch is imported (benchmark.py runs).
@@ -56,8 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--sparse-length", type=int, default=4096)
     parser.add_argument("--no-sparse", action="store_true", help="skip the flex sparsity comparison")
     parser.add_argument("--no-compiled", action="store_true", help="skip the compiled static-cache decode comparison")
-    parser.add_argument("--only", choices=["prefill", "compiled", "block-masks", "serving"], help="run one section only "
-                        "(serving: continuous-batching throughput against stock, asked for by name)")
+    parser.add_argument("--only", choices=["prefill", "compiled", "block-masks", "serving", "vllm"],
+                        help="run one section only (serving: continuous-batching throughput against stock; vllm: the "
+                        "plugin on vLLM against stock on vLLM, needs vLLM installed; both asked for by name)")
     parser.add_argument("--block-lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     parser.add_argument("--grid-limit", type=int, default=8192, help="longest length whose grid-built BlockMask is timed")
     parser.add_argument("--serving-repeats", type=int, default=5, help="alternated rounds of the serving section")
@@ -74,7 +77,7 @@ def resolve_defaults(args, cuda: bool):
     args.device = args.device or ("cuda" if cuda else "cpu")
     on_cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if on_cuda else "float32")
-    args.layers = args.layers or (8 if on_cuda else 4 if args.only == "serving" else 2)
+    args.layers = args.layers or (8 if on_cuda else 4 if args.only in ("serving", "vllm") else 2)
     if args.quick:
         args.lengths, args.new_tokens, args.repeats, args.sparse_length, args.vocab = [128, 256], 8, 2, 512, 4096
         args.backends = args.backends or ["eager", "sdpa"]  # flex compiles per shape on CPU: minutes, not a smoke run

@@ -314,16 +314,19 @@ def main(argv=None) -> str:
     sections = [name for name, on in (("compiled static-cache decode (compiles each strategy)", wanted("compiled") and not args.no_compiled),
                                       ("flex sparsity", wanted("prefill") and not args.no_sparse and "flex_attention" in args.backends),
                                       ("prefill and decode", wanted("prefill")), ("block masks", args.only == "block-masks"),
-                                      ("continuous-batching serving", args.only == "serving")) if on]
+                                      ("continuous-batching serving", args.only == "serving"),
+                                      ("vLLM serving", args.only == "vllm")) if on]
     logger.info("bench: %s on %s, %s, %d layers; sections: %s", ", ".join(args.backends), device_name, args.dtype, args.layers,
                 "; ".join(sections))
     compiled = compiled_decode(args) if wanted("compiled") and not args.no_compiled else []
     blocks = block_mask_costs(args) if args.only == "block-masks" else None  # long on CPU: asked for by name
     rows, sparse = [], []
-    if args.only == "serving":  # long on CPU: asked for by name
-        from .bench_serving import serving_rows
-
-        table = "\n".join(serving_rows(args, build_models))
+    if args.only in ("serving", "vllm"):  # long on CPU: asked for by name
+        if args.only == "serving":
+            from .bench_serving import serving_rows as rows_of
+        else:
+            from .bench_vllm import vllm_rows as rows_of
+        table = "\n".join(rows_of(args, build_models))
         print(table)
         if args.markdown:
             Path(args.markdown).write_text(table + "\n")

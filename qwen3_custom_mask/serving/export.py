@@ -47,8 +47,10 @@ def runtime_notes(fields: dict) -> list[str]:
     if "sliding_attention" in kinds and len(kinds) > 1:  # every layer sliding: vLLM's native Qwen3 serves it
         notes.append("vLLM 0.32's native Qwen3 refuses to start a checkpoint whose sliding window covers some layers "
                      "only (AssertionError 'Sliding window for some but all layers is not supported', vllm issue 39514, "
-                     "open): serve it with `vllm serve OUT --model-impl transformers`. transformers, TGI and llama.cpp's "
-                     "converter read layer_types.")
+                     "open): with qwen3-custom-mask installed beside vLLM, serve the plugin checkpoint itself, or this "
+                     "export with --hf-overrides '{\"architectures\": [\"CustomQwen3ForCausalLM\"]}' (each layer gets "
+                     "its own window); without it, `vllm serve OUT --model-impl transformers`. transformers, TGI and "
+                     "llama.cpp's converter read layer_types.")
     if fields["is_causal"] is False:
         notes.append("bidirectional: written as is_causal: false (transformers, vLLM) and use_bidirectional_attention: "
                      "true (text-embeddings-inference); a runtime that reads neither runs it causal.")

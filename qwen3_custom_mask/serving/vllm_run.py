@@ -2,10 +2,10 @@
 
     python -m qwen3_custom_mask.serving.vllm_run JOBS.json OUT.json
 
-JOBS.json: ``{"prompts": [[token ids], ...], "max_tokens": 32, "engine": {LLM kwargs}, "runs": [{"model": PATH,
-"task": "generate" | "embed", "engine": {more LLM kwargs}}, ...]}``. Each run gets ``tokens`` (greedy, per
-prompt) or ``embeddings``, ``seconds`` (the requests alone, engine start excluded) or ``error`` (the first line
-of a refusal). The tests and ``qwen3-mask bench --only vllm`` use it: vLLM's engine is a process tree with a
+JOBS.json: ``{"prompts": [[token ids], ...], "max_tokens": 32, "repeats": 1, "engine": {LLM kwargs}, "runs":
+[{"model": PATH, "task": "generate" | "embed", "engine": {more LLM kwargs}}, ...]}``. Each run gets ``tokens``
+(greedy, per prompt) or ``embeddings``, ``seconds`` (one per repeat: the requests alone, engine start excluded;
+with ``repeats`` > 1 a first, untimed pass warms the engine up) or ``error`` (the first line of a refusal). The tests and ``qwen3-mask bench --only vllm`` use it: vLLM's engine is a process tree with a
 ``__main__`` guard, best kept out of the caller's process.
 """
 
@@ -17,7 +17,7 @@ import sys
 import time
 
 
-def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict) -> dict:
+def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict, repeats: int = 1) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -30,15 +30,18 @@ def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict) 
     except Exception as err:  # a refusal surfaces as the engine's start-up failure; keep its own line
         return {"error": _refusal_line(err)}
     inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    start = time.perf_counter()
-    if task == "embed":
-        outputs = llm.embed(inputs, use_tqdm=False)
-        result = {"embeddings": [o.outputs.embedding for o in outputs]}
-    else:
-        params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, detokenize=False)
-        outputs = llm.generate(inputs, params, use_tqdm=False)
-        result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs]}
-    result["seconds"] = time.perf_counter() - start
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, detokenize=False)
+    seconds = []
+    for _ in range(repeats + (repeats > 1)):
+        start = time.perf_counter()
+        if task == "embed":
+            outputs = llm.embed(inputs, use_tqdm=False)
+            result = {"embeddings": [o.outputs.embedding for o in outputs]}
+        else:
+            outputs = llm.generate(inputs, params, use_tqdm=False)
+            result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs]}
+        seconds.append(time.perf_counter() - start)
+    result["seconds"] = seconds[-repeats:]
     del llm
     gc.collect()
     return result
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for run in jobs["runs"]:
         print(f"vllm_run: {run['model']} ({run.get('task', 'generate')})", flush=True)
-        results.append(run_one(jobs["prompts"], jobs.get("max_tokens", 32), run, jobs.get("engine", {})))
+        results.append(run_one(jobs["prompts"], jobs.get("max_tokens", 32), run, jobs.get("engine", {}),
+                               jobs.get("repeats", 1)))
         open(out_path, "w").write(json.dumps(results))
 
 
