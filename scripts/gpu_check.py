@@ -16,6 +16,8 @@ case, the worst errors, then the benchmark tables; exits 1 on any mismatch.
 2. Benchmarks (`qwen3-mask bench`): prefill and decode against stock, compiled static-cache decode, flex
    sliding_window / documents against dense-mask sdpa at 8k and 32k tokens, and continuous-batching throughput
    (sdpa: plugin vs stock causal, strategies vs stock causal, vs one-by-one generate() at 16 and 64 requests).
+3. Where the image has vLLM: the Flex-only strategies on vLLM's real FLEX_ATTENTION backend, each request's greedy
+   tokens against ``generate()``, then ``qwen3-mask bench --only vllm`` (skipped, saying so, without vLLM).
 """
 
 from __future__ import annotations
@@ -201,6 +203,8 @@ def bench(budget_s: float) -> None:
         ["--only", "compiled", "--layers", "8"],
         ["--only", "serving", "--layers", "8"],  # continuous batching vs stock, and vs one-by-one generate()
     ]
+    if __import__("importlib").util.find_spec("vllm") is not None:
+        sections.append(["--only", "vllm", "--layers", "8"])  # the plugin on vLLM vs stock on vLLM
     start = time.perf_counter()
     for argv in sections:
         if time.perf_counter() - start > budget_s:
@@ -208,6 +212,44 @@ def bench(budget_s: float) -> None:
             continue
         print(f"\n== qwen3-mask bench {' '.join(argv)}", flush=True)
         bench_main(argv)
+
+
+def vllm_flex() -> bool:
+    """vLLM's FLEX_ATTENTION backend with each Flex-only strategy: tokens equal generate()'s (a subprocess engine)."""
+    import importlib.util
+    import json
+    import subprocess
+    from pathlib import Path
+
+    if importlib.util.find_spec("vllm") is None:
+        print("\nvllm: not installed on this machine: the FLEX_ATTENTION check and bench --only vllm are skipped", flush=True)
+        return True
+    root = Path(tempfile.mkdtemp())
+    stock = save_tiny_checkpoint(root / "stock", head_dim=64, num_hidden_layers=4, max_position_embeddings=2048)
+    specs = {"sinks": {"name": "attention_sinks", "sinks": 4, "window": 32},
+             "dilated": {"name": "dilated_sliding_window", "window": 48, "dilation": 2},
+             "per_head": {"name": "sliding_window", "window": [16, 16, 128, 128]},
+             "flex_and_native": {"layers": {"0-1": {"name": "attention_sinks", "sinks": 4, "window": 32},
+                                            "2-3": {"name": "chunked", "chunk_size": 64}}}}
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 250, (int(n),), generator=g).tolist() for n in torch.randint(3, 200, (16,), generator=g)]
+    runs = []
+    for name, spec in specs.items():
+        CustomQwen3ForCausalLM.from_pretrained(stock, mask_strategy=spec).save_pretrained(root / name)
+        runs.append({"model": str(root / name)})
+    engine = {"attention_backend": "FLEX_ATTENTION", "dtype": "float32", "skip_tokenizer_init": True, "max_model_len": 512, "block_size": 16,
+              "gpu_memory_utilization": 0.3, "compilation_config": {"cudagraph_mode": "PIECEWISE"}}
+    (root / "jobs.json").write_text(json.dumps({"prompts": prompts, "max_tokens": 32, "engine": engine, "runs": runs}))
+    subprocess.run([sys.executable, "-m", "qwen3_custom_mask.serving.vllm_run", str(root / "jobs.json"), str(root / "out.json")], check=True)
+    ok = True
+    for name, result in zip(specs, json.loads((root / "out.json").read_text())):
+        model = CustomQwen3ForCausalLM.from_pretrained(root / name).to(DEVICE).eval()
+        model.generation_config.eos_token_id = None
+        expected = [model.generate(torch.tensor([p], device=DEVICE), max_new_tokens=32, do_sample=False)[0, len(p):].tolist() for p in prompts]
+        same = sum(a == b for a, b in zip(expected, result.get("tokens", [])))
+        ok &= same == len(prompts)
+        print(f"vllm FLEX_ATTENTION {name}: {same}/{len(prompts)} requests token-equal to generate() {result.get('error', '')}", flush=True)
+    return ok
 
 
 def main() -> None:
@@ -230,6 +272,8 @@ def main() -> None:
     path = save_tiny_checkpoint(tempfile.mkdtemp())
     ok = check(path, args)
     print(f"\ncorrectness: {'passed' if ok else 'FAILED'} in {time.perf_counter() - start:.0f} s", flush=True)
+    if DEVICE.type == "cuda":
+        ok &= vllm_flex()
     if not args.no_bench:
         loss_memory(16384 if DEVICE.type == "cuda" else 256, 28 if DEVICE.type == "cuda" else 1)
         bench(args.bench_budget)
