@@ -105,6 +105,26 @@ def test_a_flex_strategy_is_refused_on_a_backend_that_would_ignore_it():
         check_backends(plan(CHUNKED), ["CPU_ATTN"] * 4, full_cudagraphs=False, block_size=128)
 
 
+def test_prefix_lm_gets_the_scheduler_that_never_preempts_and_refuses_another():
+    from types import SimpleNamespace
+
+    from qwen3_custom_mask.serving.vllm import SCHEDULER_CLASS, DirectionHook
+
+    def vllm_config(spec, scheduler_cls=None):
+        config = tiny_qwen3_config(num_hidden_layers=4)
+        config.mask_strategy = spec
+        model = SimpleNamespace(hf_config=config)
+        return SimpleNamespace(model_config=model, scheduler_config=SimpleNamespace(scheduler_cls=scheduler_cls))
+
+    for spec, expected in (("prefix_lm", SCHEDULER_CLASS), ({"layers": {"0-1": "prefix_lm", "2-3": "causal"}}, SCHEDULER_CLASS),
+                           (CHUNKED, None), (None, None)):
+        config = vllm_config(spec)
+        DirectionHook.verify_and_update_config(config)
+        assert config.scheduler_config.scheduler_cls == expected, spec
+    with pytest.raises(VllmRefusal, match="without --scheduler-cls"):
+        DirectionHook.verify_and_update_config(vllm_config("prefix_lm", "my.Scheduler"))
+
+
 def test_only_an_all_bidirectional_strategy_is_an_encoder_only_model():
     assert is_bidirectional(resolve_strategy("bidirectional"), 4)
     assert is_bidirectional(resolve_strategy({"name": "document", "causal": False}), 4)
@@ -199,12 +219,13 @@ def native_results(checkpoints, tmp_path_factory):
         "architectures": ["CustomQwen3ForCausalLM"], "mask_strategy": CHUNKED}}})
     runs.append({"model": str(checkpoints["export_some_sliding"]), "engine": {"hf_overrides": {
         "architectures": ["CustomQwen3ForCausalLM"]}}})
+    runs.append({"model": str(checkpoints["prefix_lm"]), "engine": {"num_gpu_blocks_override": 11, "max_model_len": 160}})
     runs.append({"model": str(checkpoints["bidirectional"]), "task": "embed"})
     refused = ["sinks", "bidirectional", "chunked_48"]
     runs += [{"model": str(checkpoints[name])} for name in refused]
     results = run_vllm(tmp_path_factory.mktemp("native"), runs)
-    return dict(zip([*names, "stock_overrides", "export_overrides", "embed", *(f"refused_{n}" for n in refused)],
-                    results))
+    return dict(zip([*names, "stock_overrides", "export_overrides", "prefix_lm_small_cache", "embed",
+                     *(f"refused_{n}" for n in refused)], results))
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +255,14 @@ def test_a_stock_folder_serves_a_strategy_given_through_hf_overrides(checkpoints
 def test_an_export_with_some_sliding_layers_serves_through_the_plugin(checkpoints, native_results):
     """vLLM's own Qwen3 refuses to start this export (vllm issue 39514); the export's note names this way."""
     assert native_results["export_overrides"]["tokens"] == reference_tokens(checkpoints["config_some_sliding"])
+
+
+@needs_vllm
+def test_prefix_lm_requests_are_never_preempted_and_recomputed_under_another_mask(checkpoints, native_results):
+    """16 requests, a cache of 10 usable blocks of 32, prompts + 32 tokens up to 131: vLLM's own scheduler preempts
+    and recomputes prompt + generated tokens in one bidirectional prefill (6 of these 16 came out wrong); the
+    plugin's scheduler admits 2 at a time instead."""
+    assert native_results["prefix_lm_small_cache"]["tokens"] == reference_tokens(checkpoints["prefix_lm"])
 
 
 @needs_vllm

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 MODEL_CLASS = "qwen3_custom_mask.serving.vllm_model:CustomQwen3ForCausalLM"
+SCHEDULER_CLASS = "qwen3_custom_mask.serving.vllm_scheduler.WholeRequestScheduler"
 ARCHITECTURE = "CustomQwen3ForCausalLM"
 FLEX = "FLEX_ATTENTION"
 
@@ -48,12 +49,24 @@ def is_bidirectional(strategy, num_layers: int) -> bool:
 
 
 class DirectionHook:
-    """vLLM decides whether a pooling model keeps a KV cache from ``hf_config.is_causal`` before it builds the
-    model; a plugin config says it through its strategy, so this hook writes it where vLLM reads it."""
+    """vLLM's per-architecture config hooks, run before the model is built: whether a pooling model keeps a KV
+    cache (``hf_config.is_causal``, which a plugin config says through its strategy), and the scheduler."""
 
     @staticmethod
     def verify_and_update_config(vllm_config) -> None:
-        return
+        """A prefix_lm layer: vLLM's scheduler admitting only what its cache holds whole (vllm_scheduler.py)."""
+        from ..strategy import resolve_strategy
+
+        config = vllm_config.model_config.hf_config.get_text_config()
+        strategy = resolve_strategy(getattr(config, "mask_strategy", None))
+        if not any(strategy.for_layer(idx).name == "prefix_lm" for idx in range(config.num_hidden_layers)):
+            return
+        scheduler = vllm_config.scheduler_config
+        if scheduler.scheduler_cls not in (None, SCHEDULER_CLASS):
+            raise _refuse(strategy, f"a preempted prefix_lm request is recomputed under another mask, which the plugin's "
+                                    f"scheduler prevents, and --scheduler-cls {scheduler.scheduler_cls} replaces it",
+                          "start vLLM without --scheduler-cls")
+        scheduler.scheduler_cls = SCHEDULER_CLASS
 
     @staticmethod
     def verify_and_update_model_config(model_config) -> None:
