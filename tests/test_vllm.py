@@ -76,7 +76,8 @@ REFUSALS = [
     ("bidirectional", False, "no KV-cacheable form", "--runner pooling"),
     ({"name": "global_tokens", "tokens": [0], "window": 8, "causal": False}, False, "generated after it", "use_cache=False"),
     ({"name": "dilated_sliding_window", "window": 8, "causal": False}, False, "generated after it", "use_cache=False"),
-    ("tree", False, "per-request inputs", "qwen3-mask serve"),
+    ("tree", False, "draft tree", "qwen3-mask serve"),
+    ({"layers": {"0-1": "bidirectional", "2-3": "causal"}}, True, "bidirectional or none", "all-bidirectional"),
     (SINKS, True, "bidirectional attention only", "export a bidirectional"),
     ("prefix_lm", True, "the prefix is all of it", "mask_strategy 'bidirectional'"),
 ]
@@ -105,24 +106,54 @@ def test_a_flex_strategy_is_refused_on_a_backend_that_would_ignore_it():
         check_backends(plan(CHUNKED), ["CPU_ATTN"] * 4, full_cudagraphs=False, block_size=128)
 
 
-def test_prefix_lm_gets_the_scheduler_that_never_preempts_and_refuses_another():
+def fake_vllm_config(spec, backend="FLASH_ATTN", runner="generate", **scheduler):
     from types import SimpleNamespace
 
-    from qwen3_custom_mask.serving.vllm import SCHEDULER_CLASS, DirectionHook
+    config = tiny_qwen3_config(num_hidden_layers=4, num_attention_heads=4, head_dim=32)
+    config.mask_strategy = spec
+    fields = dict(scheduler_cls=None, long_prefill_token_threshold=0, max_num_batched_tokens=8192,
+                  max_num_scheduled_tokens=None)
+    return SimpleNamespace(
+        model_config=SimpleNamespace(hf_config=config, runner_type=runner, max_model_len=40960),
+        attention_config=SimpleNamespace(backend=SimpleNamespace(name=backend)), speculative_config=None,
+        scheduler_config=SimpleNamespace(**{**fields, **scheduler}))
 
-    def vllm_config(spec, scheduler_cls=None):
-        config = tiny_qwen3_config(num_hidden_layers=4)
-        config.mask_strategy = spec
-        model = SimpleNamespace(hf_config=config)
-        return SimpleNamespace(model_config=model, scheduler_config=SimpleNamespace(scheduler_cls=scheduler_cls))
 
-    for spec, expected in (("prefix_lm", SCHEDULER_CLASS), ({"layers": {"0-1": "prefix_lm", "2-3": "causal"}}, SCHEDULER_CLASS),
-                           (CHUNKED, None), (None, None)):
-        config = vllm_config(spec)
-        DirectionHook.verify_and_update_config(config)
-        assert config.scheduler_config.scheduler_cls == expected, spec
+def test_the_config_hook_gives_prefix_lm_what_it_needs_and_refuses_what_breaks_it():
+    from qwen3_custom_mask.serving.vllm import SCHEDULER_CLASS, ConfigHook
+
+    for spec in ("prefix_lm", {"layers": {"0-1": "prefix_lm", "2-3": "causal"}}):
+        config = fake_vllm_config(spec)
+        ConfigHook.verify_and_update_config(config)
+        assert config.scheduler_config.scheduler_cls == SCHEDULER_CLASS
+        assert config.scheduler_config.max_num_batched_tokens == 40960  # a whole prompt always fits the batch
+    config = fake_vllm_config(CHUNKED)
+    ConfigHook.verify_and_update_config(config)
+    assert config.scheduler_config.scheduler_cls is None and config.scheduler_config.max_num_batched_tokens == 8192
     with pytest.raises(VllmRefusal, match="without --scheduler-cls"):
-        DirectionHook.verify_and_update_config(vllm_config("prefix_lm", "my.Scheduler"))
+        ConfigHook.verify_and_update_config(fake_vllm_config("prefix_lm", scheduler_cls="my.Scheduler"))
+    with pytest.raises(VllmRefusal, match="without it"):
+        ConfigHook.verify_and_update_config(fake_vllm_config("prefix_lm", long_prefill_token_threshold=32))
+    speculative = fake_vllm_config("prefix_lm")
+    speculative.speculative_config = object()
+    with pytest.raises(VllmRefusal, match="without --speculative-config"):
+        ConfigHook.verify_and_update_config(speculative)
+
+
+def test_the_config_hook_refuses_in_the_users_process():
+    from qwen3_custom_mask.serving.vllm import ConfigHook, StockQwen3Hook
+
+    with pytest.raises(VllmRefusal, match="selected the FLASH_ATTN backend"):  # before any engine process starts
+        ConfigHook.verify_and_update_config(fake_vllm_config(SINKS))
+    ConfigHook.verify_and_update_config(fake_vllm_config(SINKS, backend="FLEX_ATTENTION"))
+    with pytest.raises(VllmRefusal, match="no KV-cacheable form"):
+        ConfigHook.verify_and_update_config(fake_vllm_config("bidirectional"))
+    ConfigHook.verify_and_update_config(fake_vllm_config("bidirectional", runner="pooling"))
+    stock = fake_vllm_config(CHUNKED).model_config  # a stock folder given mask_strategy without the architecture
+    with pytest.raises(VllmRefusal, match='"architectures": \\["CustomQwen3ForCausalLM"\\]'):
+        StockQwen3Hook.verify_and_update_model_config(stock)
+    for spec in (None, "causal"):
+        StockQwen3Hook.verify_and_update_model_config(fake_vllm_config(spec).model_config)
 
 
 def test_only_an_all_bidirectional_strategy_is_an_encoder_only_model():
@@ -149,6 +180,9 @@ FLEX = {
     "dilated": {"name": "dilated_sliding_window", "window": 24, "dilation": 2},
     "per_head": {"name": "sliding_window", "window": [8, 8, 64, 64]},
     "flex_and_native": {"layers": {"0-1": SINKS, "2-3": CHUNKED}},
+    # the causal layers share the flex layers' KV-cache group, so vLLM's FlexAttention metadata: the review found
+    # them running the sinks mask until each got a causal hook of its own
+    "flex_then_causal": {"layers": {"0-1": SINKS, "2-3": "causal"}},
 }
 ALL_SLIDING = dict(layer_types=["sliding_attention"] * 4, use_sliding_window=True, sliding_window=20, max_window_layers=0)
 SOME_SLIDING = dict(layer_types=["full_attention"] * 2 + ["sliding_attention"] * 2, use_sliding_window=True,
@@ -289,6 +323,19 @@ def test_vllm_embeds_a_bidirectional_checkpoint_as_the_plugin_does(checkpoints, 
 def test_vllm_refuses_at_engine_start_in_one_line(name, why, native_results):
     error = native_results[f"refused_{name}"].get("error")
     assert error and error.startswith("vLLM cannot serve the mask strategy") and why in error, error
+
+
+@needs_vllm
+def test_a_refusal_reaches_the_user_of_a_multiprocess_engine_as_its_exception(checkpoints):
+    """vLLM's default engine runs the model in other processes; the plugin's config hook refuses in the user's."""
+    code = f"from vllm import LLM\nif __name__ == '__main__':\n    LLM({str(checkpoints['sinks'])!r}, max_model_len=256)"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    # raised by LLM() itself, inside vLLM's config validation error, among the traceback's last lines
+    last = "\n".join(proc.stderr.strip().splitlines()[-3:])
+    assert "Value error, vLLM cannot serve the mask strategy" in last and "CPU_ATTN backend, which would ignore it" in last, last
 
 
 @needs_vllm

@@ -38,9 +38,10 @@ def register() -> None:
         ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
     try:  # vLLM's per-architecture config hooks (a dict keyed by architecture, as its own models use)
         from vllm.model_executor.models.config import MODELS_CONFIG_MAP
-    except ImportError:  # a vLLM without them: CustomQwen3Model asks for --hf-overrides '{"is_causal": false}'
+    except ImportError:  # a vLLM without them: the model's own checks still refuse at start, in the engine's log
         return
-    MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, DirectionHook)
+    MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, ConfigHook)
+    MODELS_CONFIG_MAP.setdefault("Qwen3ForCausalLM", StockQwen3Hook)  # vLLM 0.32 has none for its own Qwen3
 
 
 def is_bidirectional(strategy, num_layers: int) -> bool:
@@ -48,33 +49,83 @@ def is_bidirectional(strategy, num_layers: int) -> bool:
     return all(_direction_form(strategy.for_layer(idx)) == {"is_causal": False} for idx in range(num_layers))
 
 
-class DirectionHook:
-    """vLLM's per-architecture config hooks, run before the model is built: whether a pooling model keeps a KV
-    cache (``hf_config.is_causal``, which a plugin config says through its strategy), and the scheduler."""
+def _strategy_of(hf_config):
+    from ..strategy import resolve_strategy
 
-    @staticmethod
-    def verify_and_update_config(vllm_config) -> None:
-        """A prefix_lm layer: vLLM's scheduler admitting only what its cache holds whole (vllm_scheduler.py)."""
-        from ..strategy import resolve_strategy
+    config = hf_config.get_text_config()
+    return resolve_strategy(getattr(config, "mask_strategy", None)), config
 
-        config = vllm_config.model_config.hf_config.get_text_config()
-        strategy = resolve_strategy(getattr(config, "mask_strategy", None))
-        if not any(strategy.for_layer(idx).name == "prefix_lm" for idx in range(config.num_hidden_layers)):
-            return
-        scheduler = vllm_config.scheduler_config
-        if scheduler.scheduler_cls not in (None, SCHEDULER_CLASS):
-            raise _refuse(strategy, f"a preempted prefix_lm request is recomputed under another mask, which the plugin's "
-                                    f"scheduler prevents, and --scheduler-cls {scheduler.scheduler_cls} replaces it",
-                          "start vLLM without --scheduler-cls")
-        scheduler.scheduler_cls = SCHEDULER_CLASS
+
+class ConfigHook:
+    """vLLM's per-architecture config hooks, run in the user's process before any engine starts: every refusal
+    of `layer_plan` surfaces there (not only in an engine process's log), ``is_causal`` for a bidirectional
+    pooling model (whether vLLM keeps a KV cache), and what prefix_lm needs of the scheduler."""
 
     @staticmethod
     def verify_and_update_model_config(model_config) -> None:
-        from ..strategy import resolve_strategy
-
-        config = model_config.hf_config.get_text_config()
-        if is_bidirectional(resolve_strategy(getattr(config, "mask_strategy", None)), config.num_hidden_layers):
+        strategy, config = _strategy_of(model_config.hf_config)
+        if is_bidirectional(strategy, config.num_hidden_layers):
             model_config.hf_config.is_causal = False
+
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        strategy, config = _strategy_of(vllm_config.model_config.hf_config)
+        plans = layer_plan(strategy, config, pooling=vllm_config.model_config.runner_type == "pooling")
+        backend = getattr(getattr(vllm_config, "attention_config", None), "backend", None)
+        chosen = getattr(backend, "name", None)
+        if any(plan.needs_flex for plan in plans) and chosen != FLEX and (chosen is not None or _on_cpu()):
+            flex = next(plan for plan in plans if plan.needs_flex)
+            check_backends([flex], [chosen or "CPU_ATTN"], full_cudagraphs=False, block_size=None)
+        if any(plan.kind == "prefix_lm" for plan in plans):
+            _whole_prompts(strategy, vllm_config)
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _whole_prompts(strategy, vllm_config) -> None:
+    """prefix_lm reads each prompt whole and never a generated token bidirectionally: the scheduler that never
+    preempts (vllm_scheduler.py), no draft tokens, no split prompts, and a batch budget that holds any prompt."""
+    scheduler, model = vllm_config.scheduler_config, vllm_config.model_config
+    if scheduler.scheduler_cls not in (None, SCHEDULER_CLASS):
+        raise _refuse(strategy, f"a preempted prefix_lm request is recomputed under another mask, which the plugin's "
+                                f"scheduler prevents, and --scheduler-cls {scheduler.scheduler_cls} replaces it",
+                      "start vLLM without --scheduler-cls")
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        raise _refuse(strategy, "vLLM verifies draft tokens in one bidirectional pass, so each draft would see the "
+                                "drafts after it", "start vLLM without --speculative-config")
+    if getattr(scheduler, "long_prefill_token_threshold", 0):
+        raise _refuse(strategy, "--long-prefill-token-threshold splits prompts, and each piece would be read "
+                                "bidirectionally on its own", "start vLLM without it")
+    scheduler.scheduler_cls = SCHEDULER_CLASS
+    # vLLM turns chunked prefill off for this model only when the engine starts; a prompt longer than the batch
+    # budget would then wait forever, and every request behind it.
+    for field in ("max_num_batched_tokens", "max_num_scheduled_tokens"):
+        budget = getattr(scheduler, field, None)
+        if budget is not None and budget < model.max_model_len:
+            setattr(scheduler, field, model.max_model_len)
+
+
+class StockQwen3Hook:
+    """vLLM's own Qwen3 has no mask hook: a ``mask_strategy`` given to it (``--hf-overrides`` without the
+    architecture) would be served causal, so it is refused."""
+
+    @staticmethod
+    def verify_and_update_model_config(model_config) -> None:
+        spec = getattr(model_config.hf_config, "mask_strategy", None)
+        if spec is None:
+            return
+        strategy, config = _strategy_of(model_config.hf_config)
+        if any(strategy.for_layer(idx).flash_form() != {} for idx in range(config.num_hidden_layers)):
+            raise _refuse(strategy, "vLLM's own Qwen3ForCausalLM has no mask hook and would serve it causal",
+                          "add \"architectures\": [\"CustomQwen3ForCausalLM\"] to --hf-overrides")
+
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        return
 
 
 class VllmRefusal(ValueError):
@@ -106,7 +157,7 @@ def _refuse(strategy, why: str, fix: str) -> VllmRefusal:
     return VllmRefusal(f"vLLM cannot serve the mask strategy {_spec(strategy)}: {why}; {fix}.")
 
 
-SERVE_ELSEWHERE = "serve it with `qwen3-mask serve --continuous-batching` (transformers' engine) instead"
+SERVE_ELSEWHERE = "serve it with `qwen3-mask serve` (transformers) instead"
 
 
 def _direction_form(strategy) -> dict | None:
@@ -121,8 +172,6 @@ def _direction_form(strategy) -> dict | None:
 def _flex_mask_mod(strategy, num_heads: int, window: int | None):
     """The layer's mask_mod over positions within a request (no padding: vLLM packs requests without it),
     ANDed with the config's own sliding window on a sliding layer, as the plugin's body does."""
-    import torch
-
     mask_mod = strategy.mask_mod(num_heads=num_heads, padding_mask=None, training=False)
     if window is None:
         return mask_mod
@@ -145,14 +194,17 @@ def layer_plan(strategy, config, *, pooling: bool) -> list[LayerPlan]:
     (one forward over the whole input); raises `VllmRefusal` for what no vLLM path serves exactly."""
     num_heads = config.num_attention_heads
     strategy.check_model(config.num_hidden_layers, num_heads)
-    if not strategy.generates or strategy.inputs and strategy.name not in ("document", "prefix_lm"):
-        raise _refuse(strategy, f"it needs per-request inputs ({', '.join(strategy.inputs) or 'a draft tree'}), "
-                                f"and vLLM passes none to a model", SERVE_ELSEWHERE)
+    if not strategy.generates:
+        raise _refuse(strategy, "it describes one forward over a draft tree, not generation", SERVE_ELSEWHERE)
     plans, flex_mods = [], {}
     for idx in range(config.num_hidden_layers):
         layer = strategy.for_layer(idx)
         own = config.sliding_window if config.layer_types[idx] == "sliding_attention" else None
         plans.append(_plan(layer, own, num_heads, pooling, flex_mods))
+    encoder = [plan.kind == "encoder_only" for plan in plans]
+    if any(encoder) and not all(encoder):
+        raise _refuse(strategy, "vLLM runs every layer of a pooling model bidirectional or none",
+                      "embed with the plugin (transformers), or save an all-bidirectional or causal variant")
     return plans
 
 
@@ -176,10 +228,10 @@ def _plan(layer, own_window: int | None, num_heads: int, pooling: bool, flex_mod
         return LayerPlan("encoder_only", strategy=layer)
     if layer.name == "chunked" and params is not None and own_window is None:
         return LayerPlan("chunked", chunk_size=layer.resolved_params["chunk_size"], strategy=layer)
-    if layer.name == "prefix_lm" and own_window is None and not pooling:
-        if params:
-            raise _refuse(layer, "explicit prefix_lengths are per-request inputs", SERVE_ELSEWHERE)
+    if layer.name == "prefix_lm" and own_window is None and not pooling:  # prefix_lengths: none, i.e. the prompt
         return LayerPlan("prefix_lm", strategy=layer)
+    if layer.name == "prefix_lm" and own_window is not None:
+        raise _refuse(layer, "a bidirectional prompt inside the config's sliding window has no vLLM path", SERVE_ELSEWHERE)
     if layer.name == "prefix_lm" and pooling:
         raise _refuse(layer, "an embedding's whole input is its prompt, so the prefix is all of it",
                       "save the checkpoint with mask_strategy 'bidirectional', which vLLM embeds natively")

@@ -8,6 +8,7 @@ native Qwen3 (`# diff with vLLM's Qwen3` marks the changes), so a causal checkpo
 from __future__ import annotations
 
 import contextvars
+import functools
 
 from vllm.config import VllmConfig, get_current_vllm_config
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
@@ -26,6 +27,11 @@ from .vllm import LayerPlan, VllmRefusal, check_backends, layer_plan
 _PLANS: contextvars.ContextVar[list[LayerPlan]] = contextvars.ContextVar("qwen3_custom_mask_vllm_plans")
 
 
+def causal(b, h, q_idx, kv_idx):
+    return kv_idx <= q_idx
+
+
+@functools.lru_cache(maxsize=None)  # one function per (mask_mod, rank): full CUDA graphs need one for all layers
 def _offset_heads(mask_mod, offset: int):
     """Tensor parallelism hands each rank its own heads, numbered from 0: the strategy's head index is global."""
     if offset == 0:
@@ -62,6 +68,10 @@ class CustomQwen3DecoderLayer(Qwen3DecoderLayer):
             # FlexAttention's hook: the mask over positions within each request (vLLM passes b = 0).
             offset = get_tensor_model_parallel_rank() * attn.num_heads
             attn.logical_mask_mod = _offset_heads(plan.mask_mod, offset)
+        elif any(other.kind == "flex" for other in _PLANS.get()):
+            # Layers of one KV-cache group share vLLM's FlexAttention metadata, whose mask a layer replaces only
+            # when it has a hook of its own: a causal layer after a flex one would run the flex layer's mask.
+            attn.logical_mask_mod = causal  # (its window, if any, vLLM ANDs in from the layer's sliding_window)
         self.backend_name = attn.attn_backend.get_name()
 
 
@@ -72,9 +82,14 @@ class CustomQwen3Model(Qwen3Model):
         config = vllm_config.model_config.hf_config.get_text_config()
         strategy = resolve_strategy(getattr(config, "mask_strategy", None))
         plans = layer_plan(strategy, config, pooling=vllm_config.model_config.runner_type == "pooling")
-        if any(plan.kind == "encoder_only" for plan in plans) and getattr(config, "is_causal", True):
-            raise VllmRefusal(f"vLLM would keep a KV cache for the bidirectional mask strategy of this checkpoint: "
-                              f"start it with --hf-overrides '{{\"is_causal\": false}}'.")
+        encoder_only = all(plan.kind == "encoder_only" for plan in plans)
+        if encoder_only == getattr(config, "is_causal", True):  # vLLM reads it for the whole model; the plan decides
+            raise VllmRefusal(
+                f"vLLM cannot serve the mask strategy {strategy.to_dict()} with is_causal: "
+                f"{getattr(config, 'is_causal', True)}: vLLM would run every layer "
+                f"{'causal with a KV cache' if encoder_only else 'bidirectional'}; "
+                + ("start it with --hf-overrides '{\"is_causal\": false}'." if encoder_only
+                   else "drop is_causal from --hf-overrides (the mask strategy says how each layer attends)."))
         token = _PLANS.set(plans)
         # Qwen2Model asserts that sliding layers are all or none because it gives every layer the model's one
         # window; these layers get their own (`CustomQwen3DecoderLayer`), so the assertion is lifted while they

@@ -48,13 +48,16 @@ def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict, 
 
 
 def _refusal_line(err: BaseException) -> str:
-    """The plugin's refusal, found in the chain (in-process) or in the text vLLM relays from its workers."""
+    """The plugin's refusal: raised in this process by its config hook (vLLM wraps it in its config's validation
+    error) or by an in-process engine; else the error's own first line (a multiprocess engine logs its workers'
+    errors instead)."""
     chain = [err]
     while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
     for item in chain:
-        if "vLLM cannot serve" in str(item):
-            return str(item).splitlines()[0]
+        for line in str(item).splitlines():
+            if "vLLM cannot serve" in line:
+                return line[line.index("vLLM cannot serve"):].split(" [type=value_error")[0]
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 

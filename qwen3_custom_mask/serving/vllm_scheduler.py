@@ -34,7 +34,7 @@ class WholeRequestScheduler(Scheduler):
                 f"{self.vllm_config.model_config.max_model_len}, and a preempted prefix_lm request would be recomputed "
                 f"under another mask; lower --max-model-len or give the cache more memory.")
         if fits < self.max_num_active_reqs:
-            logger.warning("prefix_lm on vLLM: at most %d requests run at once (%d blocks of %d hold that many at "
+            logger.warning("prefix_lm on vLLM: at most %d request(s) run at once (%d blocks of %d hold that many at "
                            "max_model_len %d), so that none is preempted and recomputed under another mask",
                            fits, self.cache_config.num_gpu_blocks, block_size, self.vllm_config.model_config.max_model_len)
             self.max_num_active_reqs = fits
