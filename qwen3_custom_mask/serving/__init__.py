@@ -9,7 +9,7 @@
     vllm_scheduler.py  vLLM's scheduler, never preempting a prefix_lm request (it would come back under another mask)
     vllm_run.py        checkpoints on vLLM's offline engine, one after another (the tests, bench --only vllm)
 
-server.py and vllm.py are torch-free at import: `--help` and the missing-package check answer without torch.
+server.py is torch-free at import: `--help` and the missing-package check answer without torch.
 The vllm_* modules import vLLM; only vLLM (through the entry point) and the tests import them.
 """
 

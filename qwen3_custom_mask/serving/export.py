@@ -23,6 +23,16 @@ logger = logging.getLogger(__name__)
 
 
 
+def served_form(strategy) -> dict | None:
+    """The strategy's flash form as a server runs it (`stock_form`, and vLLM's plan in vllm.py): packed documents,
+    served without boundaries, are one document per row, i.e. the direction alone (``{}`` causal,
+    ``{"is_causal": False}``, or a window); None if it has no flash form."""
+    form = strategy.flash_form()
+    if not form:
+        return form
+    return {k: v for k, v in form.items() if k != "documents" and not (k == "is_causal" and v)}
+
+
 def legacy_sliding_fields(layer_types: list[str], strategy) -> dict:
     """``use_sliding_window`` + ``max_window_layers`` that say what ``layer_types`` says: Qwen3Config rebuilt
     without layer_types, and readers that derive the layers from these (``i >= max_window_layers`` slides), get
@@ -60,9 +70,7 @@ def runtime_notes(fields: dict) -> list[str]:
 def stock_form(strategy, config) -> dict:
     """The stock config fields that express ``strategy`` on a model with ``config``; ValueError if none do."""
     num_layers = config.num_hidden_layers
-    forms = [strategy.for_layer(idx).flash_form() for idx in range(num_layers)]
-    # Packed documents: served without boundaries, a row is one document, i.e. the direction alone.
-    forms = [{k: v for k, v in form.items() if k != "documents" and not (k == "is_causal" and v)} if form else form for form in forms]
+    forms = [served_form(strategy.for_layer(idx)) for idx in range(num_layers)]
     names = sorted({strategy.for_layer(idx).name for idx, form in enumerate(forms) if form is None})
     if names:
         raise ValueError(

@@ -3,7 +3,7 @@
 vLLM loads ``register`` (the ``vllm.general_plugins`` entry point in pyproject.toml) in every process it
 starts; it registers ``CustomQwen3ForCausalLM`` (a plugin checkpoint's architecture) with vLLM's model
 registry, lazily, so ``vllm serve CKPT`` and ``vllm.LLM(CKPT)`` serve a plugin checkpoint unchanged. The
-model itself is vllm_model.py; this file imports neither vLLM nor torch at import time.
+model itself is vllm_model.py; this file imports vLLM only inside the hooks vLLM calls.
 
 `layer_plan` decides, per layer, the fastest path that is exactly the strategy, or refuses:
 
@@ -21,6 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from transformers.masking_utils import and_masks
+
+from ..model.masking import sliding_layer_overlay
+from .export import served_form
 
 MODEL_CLASS = "qwen3_custom_mask.serving.vllm_model:CustomQwen3ForCausalLM"
 SCHEDULER_CLASS = "qwen3_custom_mask.serving.vllm_scheduler.WholeRequestScheduler"
@@ -46,7 +51,7 @@ def register() -> None:
 
 def is_bidirectional(strategy, num_layers: int) -> bool:
     """Every layer attends both ways: what vLLM calls an encoder-only model (``is_causal: false``)."""
-    return all(_direction_form(strategy.for_layer(idx)) == {"is_causal": False} for idx in range(num_layers))
+    return all(served_form(strategy.for_layer(idx)) == {"is_causal": False} for idx in range(num_layers))
 
 
 def _strategy_of(hf_config):
@@ -160,26 +165,13 @@ def _refuse(strategy, why: str, fix: str) -> VllmRefusal:
 SERVE_ELSEWHERE = "serve it with `qwen3-mask serve` (transformers) instead"
 
 
-def _direction_form(strategy) -> dict | None:
-    """The strategy's flash form with packed documents read as one document per request (a served request is
-    one document), or None if it has none."""
-    form = strategy.flash_form()
-    if form is None:
-        return None
-    return {k: v for k, v in form.items() if k != "documents" and not (k == "is_causal" and v)}
-
-
 def _flex_mask_mod(strategy, num_heads: int, window: int | None):
-    """The layer's mask_mod over positions within a request (no padding: vLLM packs requests without it),
-    ANDed with the config's own sliding window on a sliding layer, as the plugin's body does."""
+    """The layer's mask_mod over positions within a request (no padding: vLLM packs requests without it), with
+    the config's own sliding window on a sliding layer laid over it exactly as the plugin's body does."""
     mask_mod = strategy.mask_mod(num_heads=num_heads, padding_mask=None, training=False)
     if window is None:
         return mask_mod
-
-    def windowed(b, h, q_idx, kv_idx):
-        return mask_mod(b, h, q_idx, kv_idx) & (q_idx - kv_idx < window) & (kv_idx <= q_idx)
-
-    return windowed
+    return and_masks(mask_mod, sliding_layer_overlay(served_form(strategy), window))
 
 
 def _cache_probe(strategy, num_heads: int) -> tuple[bool, bool]:
@@ -212,8 +204,7 @@ def _plan(layer, own_window: int | None, num_heads: int, pooling: bool, flex_mod
     if layer.inputs and layer.name not in ("document", "prefix_lm"):
         raise _refuse(layer, f"it needs per-request inputs ({', '.join(layer.inputs)}), and vLLM passes none to a "
                              f"model", SERVE_ELSEWHERE)
-    form = _direction_form(layer)
-    params = getattr(layer, "params", None)
+    form = served_form(layer)
     if form is not None and form.get("is_causal") is None:  # causal, or one window
         windows = [w for w in (own_window, form.get("sliding_window")) if w]
         return LayerPlan("decoder", window=min(windows) if windows else None, strategy=layer)
@@ -226,7 +217,7 @@ def _plan(layer, own_window: int | None, num_heads: int, pooling: bool, flex_mod
             raise _refuse(layer, "bidirectional attention inside the config's sliding window has no vLLM path",
                           SERVE_ELSEWHERE)
         return LayerPlan("encoder_only", strategy=layer)
-    if layer.name == "chunked" and params is not None and own_window is None:
+    if layer.name == "chunked" and own_window is None:  # a registered entry's name (a composition's is and/or/not)
         return LayerPlan("chunked", chunk_size=layer.resolved_params["chunk_size"], strategy=layer)
     if layer.name == "prefix_lm" and own_window is None and not pooling:  # prefix_lengths: none, i.e. the prompt
         return LayerPlan("prefix_lm", strategy=layer)
@@ -235,8 +226,6 @@ def _plan(layer, own_window: int | None, num_heads: int, pooling: bool, flex_mod
     if layer.name == "prefix_lm" and pooling:
         raise _refuse(layer, "an embedding's whole input is its prompt, so the prefix is all of it",
                       "save the checkpoint with mask_strategy 'bidirectional', which vLLM embeds natively")
-    if layer.inputs:
-        raise _refuse(layer, f"it needs per-request inputs ({', '.join(layer.inputs)})", SERVE_ELSEWHERE)
     if pooling:
         raise _refuse(layer, "vLLM's pooling runner has a mask hook for bidirectional attention only",
                       "export a bidirectional or causal variant, or embed with the plugin (transformers)")

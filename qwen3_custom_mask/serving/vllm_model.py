@@ -22,7 +22,7 @@ from vllm.model_executor.models.utils import PPMissingLayer, extract_layer_index
 from vllm.v1.attention.backend import AttentionType
 
 from ..strategy import resolve_strategy
-from .vllm import LayerPlan, VllmRefusal, check_backends, layer_plan
+from .vllm import LayerPlan, _refuse, check_backends, layer_plan
 
 _PLANS: contextvars.ContextVar[list[LayerPlan]] = contextvars.ContextVar("qwen3_custom_mask_vllm_plans")
 
@@ -84,12 +84,10 @@ class CustomQwen3Model(Qwen3Model):
         plans = layer_plan(strategy, config, pooling=vllm_config.model_config.runner_type == "pooling")
         encoder_only = all(plan.kind == "encoder_only" for plan in plans)
         if encoder_only == getattr(config, "is_causal", True):  # vLLM reads it for the whole model; the plan decides
-            raise VllmRefusal(
-                f"vLLM cannot serve the mask strategy {strategy.to_dict()} with is_causal: "
-                f"{getattr(config, 'is_causal', True)}: vLLM would run every layer "
-                f"{'causal with a KV cache' if encoder_only else 'bidirectional'}; "
-                + ("start it with --hf-overrides '{\"is_causal\": false}'." if encoder_only
-                   else "drop is_causal from --hf-overrides (the mask strategy says how each layer attends)."))
+            raise _refuse(strategy, f"with is_causal: {not encoder_only}, vLLM would run every layer "
+                                    f"{'causal with a KV cache' if encoder_only else 'bidirectional'}",
+                          "start it with --hf-overrides '{\"is_causal\": false}'" if encoder_only
+                          else "drop is_causal from --hf-overrides (the mask strategy says how each layer attends)")
         token = _PLANS.set(plans)
         # Qwen2Model asserts that sliding layers are all or none because it gives every layer the model's one
         # window; these layers get their own (`CustomQwen3DecoderLayer`), so the assertion is lifted while they
