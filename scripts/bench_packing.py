@@ -15,7 +15,10 @@ distribution, for one epoch:
 151,936-token vocabulary, so the logits dominate: the case the chunked loss is for). --model 0.6b-shaped is
 Qwen3-0.6B-shaped (hidden 1024, 16 heads, 8 KV heads, head_dim 128) with --layers layers and a --vocab
 vocabulary, saved with save_pretrained and loaded back by the script. Printed: real (non-padding) tokens trained
-per second, the padding share, peak memory, as finetune.py logs them, and the ratios.
+per second, the padding share, peak memory, as finetune.py logs them, and the ratios. Then the LM head's own share:
+the chunked loss (projection, cross-entropy and both gradients) timed alone in this process on one packed batch of
+random hidden states (8 x 2048) of the model's width, scaled to the run's labelled tokens. Both runs pay it per labelled token, padding or
+not, so ``unpacked seconds / head seconds`` bounds what any packing can reach on that model, even with a free body.
 """
 
 from __future__ import annotations
@@ -70,6 +73,32 @@ def run(mode: str, model: Path, data: Path, out: Path, extra: list[str]) -> dict
     return dict(real=int(real), total=int(total), padding=float(padding), seconds=float(seconds), per_second=int(per_second), peak=int(peak))
 
 
+def head_seconds(model: Path, labelled: int, extra: list[str]) -> float:
+    """Seconds the chunked loss, forward and backward, takes for ``labelled`` tokens on this model's LM head."""
+    import time
+
+    import torch
+    from transformers import AutoConfig
+
+    from qwen3_custom_mask.model.loss import chunked_causal_lm_loss
+
+    config = AutoConfig.from_pretrained(model)
+    device = "cuda" if torch.cuda.is_available() and "--cpu" not in extra else "cpu"
+    dtype = torch.bfloat16 if "--bf16" in extra else torch.float32
+    head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False, device=device, dtype=dtype)
+    tokens = 8 * 2048  # one packed batch: the buffers' allocation is paid per call, as per step in the run
+    hidden = torch.randn(1, tokens, config.hidden_size, device=device, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, config.vocab_size, (1, tokens), device=device)
+    times = []
+    for _ in range(3):  # the first pays the buffers' page faults, as a run's first step does
+        start = time.perf_counter()
+        chunked_causal_lm_loss(hidden, head, labels).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times[1:]) / (tokens - 1) * labelled  # the last position has no next-token label
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["default", "0.6b-shaped"], default="default")
@@ -90,13 +119,17 @@ def main(argv=None) -> str:
             described = f"Qwen3-0.6B-shaped, {args.layers} layers, vocab {vocab}"
         tokens = make_data(tmp / "train.jsonl", args.examples, vocab, 2048, seed=2)
         runs = {mode: run(mode, model, tmp / "train.jsonl", tmp, args.extra.split()) for mode in ("unpacked", "packed")}
+        head = head_seconds(model, tokens - args.examples, args.extra.split())  # one unlabelled last token per example
     lines = [f"{args.examples} examples, {tokens} tokens (log-normal lengths, median ~150, max 2048); {described}; "
              f"scripts/finetune.py defaults (batch 8; packed rows of 2048; loss in chunks of 512 tokens); {args.extra}", "",
              "| run | real tokens | trained tokens | padding | seconds | real tokens/s | peak memory |", "|---|---|---|---|---|---|---|"]
     for mode, r in runs.items():
         lines.append(f"| {mode} | {r['real']} | {r['total']} | {r['padding']:.1f}% | {r['seconds']:.1f} | {r['per_second']} | {r['peak']} MiB |")
     speedup = runs["packed"]["per_second"] / runs["unpacked"]["per_second"]
-    lines += ["", f"packed / unpacked: {speedup:.2f}x real tokens/s, {runs['packed']['peak'] / runs['unpacked']['peak']:.2f}x peak memory"]
+    lines += ["", f"packed / unpacked: {speedup:.2f}x real tokens/s, {runs['packed']['peak'] / runs['unpacked']['peak']:.2f}x peak memory",
+              f"LM head + loss alone (forward and gradients, {tokens - args.examples} labelled tokens): {head:.1f} s, "
+              f"{100 * head / runs['packed']['seconds']:.0f}% of the packed run; packing can reach at most "
+              f"{runs['unpacked']['seconds'] / head:.2f}x on this model, even with a free body"]
     table = "\n".join(lines)
     print(table)
     return table

@@ -9,10 +9,12 @@ Same weights and the same prompts (mixed lengths, greedy, a fixed number of new 
   whose prompts the plugin's scheduler keeps whole;
 * continuous batching against one-by-one ``generate()``.
 
-Run to run, one case varies by about +-10% on 2 CPU cores (stock against itself included), and the first runs
-are the slowest: so a full-size warm-up run first, then ``--serving-repeats`` rounds of every case, each round in
-a rotated order, and a ratio of medians. On CPU the model is small (4 layers, hidden 512, 8 heads: the engine and
-the masks, not the matmuls, are what differ).
+Run to run, one case varies by about +-10% on 2 CPU cores (stock against itself included), the first runs are the
+slowest, and a shared machine drifts by up to 2x over minutes: so a full-size warm-up run first, then
+``--serving-repeats`` rounds of every case, each round in a rotated order; a case's ratio is the median over rounds
+of its speed against stock's in the same round (paired, so drift between rounds cancels), its tokens/s the median.
+On CPU the model is small (4 layers, hidden 512, 8 heads: the engine and the masks, not the matmuls, are what
+differ).
 """
 
 from __future__ import annotations
@@ -93,8 +95,8 @@ def serving_rows(args, build_models) -> list[str]:
     budget = 256 if device.type == "cpu" else 2048
     lines = [f"Continuous batching ({backend}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
              f"{config.num_attention_heads} heads, {args.dtype}, {new_tokens} new tokens per request, prompts 16-256 tokens, "
-             f"max_batch_tokens {budget}; tokens/s: median of {rounds} rounds in rotated order, after a warm-up run; ratio "
-             f"to stock causal's median):", "",
+             f"max_batch_tokens {budget}; tokens/s: median of {rounds} rounds in rotated order, after a warm-up run; ratio: "
+             f"median over rounds of the case's speed over stock causal's in the same round):", "",
              "| requests | case | tokens/s | ratio |", "|---|---|---|---|"]
     cases = {"plugin causal": "causal", **{f"plugin {name}": spec for name, spec in
                                            serving_strategies(config.num_hidden_layers, config.num_attention_heads).items()}}
@@ -127,7 +129,8 @@ def serving_rows(args, build_models) -> list[str]:
                 lines.append(f"| {count} | {name}, continuous batching | refused: {refused[name][:80]}... | – |")
                 continue
             median = statistics.median(seconds[name])
-            lines.append(f"| {count} | {name}, continuous batching | {total / median:.1f} | {base / median:.2f} |")
+            paired = statistics.median(stock_s / case_s for stock_s, case_s in zip(seconds["stock causal"], seconds[name]))
+            lines.append(f"| {count} | {name}, continuous batching | {total / median:.1f} | {paired:.2f} |")
         custom.set_mask_strategy("causal")
         one_by_one = _one_by_one_seconds(custom, prompts, new_tokens)
         lines.append(f"| {count} | plugin causal, one-by-one generate() | {total / one_by_one:.1f} | {base / one_by_one:.2f} |")
