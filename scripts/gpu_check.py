@@ -16,6 +16,8 @@ case, the worst errors, then the benchmark tables; exits 1 on any mismatch.
 2. Benchmarks (`qwen3-mask bench`): prefill and decode against stock, compiled static-cache decode, flex
    sliding_window / documents against dense-mask sdpa at 8k and 32k tokens, and continuous-batching throughput
    (sdpa: plugin vs stock causal, strategies vs stock causal, vs one-by-one generate() at 16 and 64 requests).
+   Then packed against unpacked fine-tuning (`scripts/bench_packing.py`, Qwen3-0.6B-shaped, 8 layers, bf16) with
+   sdpa, flex_attention and (where installed) flash_attention_2: the data for the recipe's GPU attention default.
 3. Where the image has vLLM: the Flex-only strategies on vLLM's real FLEX_ATTENTION backend, each request's greedy
    tokens against ``generate()``, then ``qwen3-mask bench --only vllm`` (skipped, saying so, without vLLM).
 """
@@ -205,10 +207,20 @@ def bench(budget_s: float) -> None:
     ]
     if __import__("importlib").util.find_spec("vllm") is not None:
         sections.append(["--only", "vllm", "--layers", "8"])  # the plugin on vLLM vs stock on vLLM
+    # Packed against unpacked fine-tuning per attention path, to choose the recipe's GPU default (CPU: sdpa,
+    # bound by the LM head on the embedded default; see Performance): Qwen3-0.6B-shaped, the full vocabulary, bf16.
+    packing = [["--model", "0.6b-shaped", "--layers", "8", "--vocab", "151936", "--examples", "2000", "--extra", f"--bf16 --attn {attn}"]
+               for attn in ("sdpa", "flex_attention", *(["flash_attention_2"] if __import__("importlib").util.find_spec("flash_attn") else []))]
     start = time.perf_counter()
-    for argv in sections:
+    for argv in [*sections, *packing]:
         if time.perf_counter() - start > budget_s:
             print(f"\nbench: time budget spent, skipped {' '.join(argv)}")
+            continue
+        if argv in packing:
+            import subprocess
+
+            print(f"\n== python scripts/bench_packing.py {' '.join(argv)}", flush=True)
+            subprocess.run([sys.executable, "scripts/bench_packing.py", *argv], check=False)
             continue
         print(f"\n== qwen3-mask bench {' '.join(argv)}", flush=True)
         bench_main(argv)

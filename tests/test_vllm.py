@@ -226,9 +226,9 @@ def prompts(count=16, seed=0):
     return [torch.randint(0, 150000, (int(n),), generator=generator).tolist() for n in lengths]
 
 
-def run_vllm(tmp_path, runs, engine=ENGINE, script=("-m", "qwen3_custom_mask.serving.vllm_run")):
+def run_vllm(tmp_path, runs, engine=ENGINE, script=("-m", "qwen3_custom_mask.serving.vllm_run"), **more):
     jobs, out = tmp_path / "jobs.json", tmp_path / "out.json"
-    jobs.write_text(json.dumps({"prompts": prompts(), "max_tokens": 32, "engine": engine, "runs": runs}, default=str))
+    jobs.write_text(json.dumps({"prompts": prompts(), "max_tokens": 32, "engine": engine, "runs": runs, **more}, default=str))
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.run([sys.executable, *script, str(jobs), str(out)], env=env, capture_output=True, text=True,
                           timeout=900)
@@ -312,6 +312,18 @@ def test_vllm_embeds_a_bidirectional_checkpoint_as_the_plugin_does(checkpoints, 
         served_causal = torch.stack([last(causal, p) for p in prompts()])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert (got - served_causal).abs().max() > 1e-2
+
+
+@needs_vllm
+def test_engines_up_at_once_in_one_process_each_keep_their_own_mask(checkpoints, tmp_path, causal_reference):
+    """bench --only vllm times every engine in turn, all started in one process (vllm_run's interleave): a mask
+    that leaked between engines (layer names are the same in each) would show here as another checkpoint's tokens."""
+    names = ["causal", "chunked", "prefix_lm", "sliding"]
+    results = run_vllm(tmp_path, [{"model": str(checkpoints[name])} for name in names], interleave=True, repeats=2)
+    for name, result in zip(names, results):
+        assert result["tokens"] == reference_tokens(checkpoints[name]), name
+        assert len(result["seconds"]) == 2
+    assert results[1]["tokens"] != causal_reference
 
 
 @needs_vllm

@@ -5,8 +5,11 @@
 JOBS.json: ``{"prompts": [[token ids], ...], "max_tokens": 32, "repeats": 1, "engine": {LLM kwargs}, "runs":
 [{"model": PATH, "task": "generate" | "embed", "engine": {more LLM kwargs}}, ...]}``. Each run gets ``tokens``
 (greedy, per prompt) or ``embeddings``, ``seconds`` (one per repeat: the requests alone, engine start excluded;
-with ``repeats`` > 1 a first, untimed pass warms the engine up) or ``error`` (the first line of a refusal). The tests and ``qwen3-mask bench --only vllm`` use it: vLLM's engine is a process tree with a
-``__main__`` guard, best kept out of the caller's process.
+with ``repeats`` > 1 a first, untimed pass warms the engine up) or ``error`` (the first line of a refusal). With
+``"interleave": true`` every engine is started first (in this process) and the timed passes go round them, one
+pass per engine per round in a rotated order, so that a case and its baseline are timed seconds apart, not
+minutes: ``qwen3-mask bench --only vllm`` pairs them by round. The tests and the bench use this runner: vLLM's
+engine is a process tree with a ``__main__`` guard, best kept out of the caller's process.
 """
 
 from __future__ import annotations
@@ -47,6 +50,32 @@ def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict, 
     return result
 
 
+def run_interleaved(prompts: list[list[int]], max_tokens: int, runs: list[dict], engine: dict, repeats: int) -> list[dict]:
+    """Every run's engine at once; ``repeats`` rounds of one timed pass each, in a rotated order (generate only)."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, detokenize=False)
+    engines, results = {}, [{} for _ in runs]
+    for idx, run in enumerate(runs):
+        try:
+            engines[idx] = LLM(run["model"], **{**engine, **run.get("engine", {})})
+        except Exception as err:  # a refusal: this run's error, the others go on
+            results[idx] = {"error": _refusal_line(err)}
+            continue
+        outputs = engines[idx].generate(inputs, params, use_tqdm=False)  # the warm-up pass, and the tokens
+        results[idx] = {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "seconds": []}
+    order = list(engines)
+    for round_ in range(repeats):
+        shift = round_ % max(len(order), 1)
+        for idx in order[shift:] + order[:shift]:
+            start = time.perf_counter()
+            engines[idx].generate(inputs, params, use_tqdm=False)
+            results[idx]["seconds"].append(time.perf_counter() - start)
+    return results
+
+
 def _refusal_line(err: BaseException) -> str:
     """The plugin's refusal: raised in this process by its config hook (vLLM wraps it in its config's validation
     error) or by an in-process engine; else the error's own first line (a multiprocess engine logs its workers'
@@ -64,6 +93,10 @@ def _refusal_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     jobs_path, out_path = (argv or sys.argv[1:])[:2]
     jobs = json.loads(open(jobs_path).read())
+    if jobs.get("interleave"):
+        results = run_interleaved(jobs["prompts"], jobs.get("max_tokens", 32), jobs["runs"], jobs.get("engine", {}), jobs.get("repeats", 1))
+        open(out_path, "w").write(json.dumps(results))
+        return
     results = []
     for run in jobs["runs"]:
         print(f"vllm_run: {run['model']} ({run.get('task', 'generate')})", flush=True)
