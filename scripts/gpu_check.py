@@ -209,8 +209,9 @@ def bench(budget_s: float) -> None:
         sections.append(["--only", "vllm", "--layers", "8"])  # the plugin on vLLM vs stock on vLLM
     # Packed against unpacked fine-tuning per attention path, to choose the recipe's GPU default (CPU: sdpa,
     # bound by the LM head on the embedded default; see Performance): Qwen3-0.6B-shaped, the full vocabulary, bf16.
-    packing = [["--model", "0.6b-shaped", "--layers", "8", "--vocab", "151936", "--examples", "2000", "--extra", f"--bf16 --attn {attn}"]
-               for attn in ("sdpa", "flex_attention", *(["flash_attention_2"] if __import__("importlib").util.find_spec("flash_attn") else []))]
+    packing = [["--model", "0.6b-shaped", "--layers", "8", "--vocab", "151936", "--examples", "2000", f"--extra=--bf16 --attn {attn}"]
+               for attn in ("sdpa", "flex_attention", *(["flash_attention_2"] if __import__("importlib").util.find_spec("flash_attn") else []))
+               if DEVICE.type == "cuda"]
     start = time.perf_counter()
     for argv in [*sections, *packing]:
         if time.perf_counter() - start > budget_s:
