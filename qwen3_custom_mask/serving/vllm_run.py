@@ -51,7 +51,8 @@ def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict, 
 
 
 def run_interleaved(prompts: list[list[int]], max_tokens: int, runs: list[dict], engine: dict, repeats: int) -> list[dict]:
-    """Every run's engine at once; ``repeats`` rounds of one timed pass each, in a rotated order (generate only)."""
+    """Every run's engine at once; ``repeats`` (>= 1) rounds of one timed pass each, in a rotated order (generate
+    only). ``tokens`` are the last round's."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -64,15 +65,17 @@ def run_interleaved(prompts: list[list[int]], max_tokens: int, runs: list[dict],
         except Exception as err:  # a refusal: this run's error, the others go on
             results[idx] = {"error": _refusal_line(err)}
             continue
-        outputs = engines[idx].generate(inputs, params, use_tqdm=False)  # the warm-up pass, and the tokens
-        results[idx] = {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "seconds": []}
+        engines[idx].generate(inputs, params, use_tqdm=False)  # the warm-up pass
+        results[idx] = {"seconds": []}
     order = list(engines)
     for round_ in range(repeats):
         shift = round_ % max(len(order), 1)
         for idx in order[shift:] + order[:shift]:
             start = time.perf_counter()
-            engines[idx].generate(inputs, params, use_tqdm=False)
+            outputs = engines[idx].generate(inputs, params, use_tqdm=False)
             results[idx]["seconds"].append(time.perf_counter() - start)
+            # the last round's tokens: every engine was up by then, so a state one leaked into another shows here
+            results[idx]["tokens"] = [list(o.outputs[0].token_ids) for o in outputs]
     return results
 
 
