@@ -225,10 +225,10 @@ def bench(budget_s: float) -> None:
             left = max(60.0, budget_s - (time.perf_counter() - start))
             try:
                 code = subprocess.run([sys.executable, str(Path(__file__).with_name("bench_packing.py")), *argv], check=False, timeout=left).returncode
+                if code:
+                    print(f"bench_packing {' '.join(argv)}: exit {code}", flush=True)
             except subprocess.TimeoutExpired:
-                code = f"stopped after {left:.0f} s (the bench budget)"
-            if code != 0:
-                print(f"bench_packing {' '.join(argv)}: {code if isinstance(code, str) else f'exit {code}'}", flush=True)
+                print(f"bench_packing {' '.join(argv)}: stopped after {left:.0f} s (the bench budget)", flush=True)
             continue
         print(f"\n== qwen3-mask bench {' '.join(argv)}", flush=True)
         bench_main(argv)

@@ -45,6 +45,11 @@ def serving_strategies(num_layers: int, num_heads: int) -> dict:
     }
 
 
+def paired_ratio(stock_seconds: list[float], case_seconds: list[float]) -> float:
+    """The case's speed over stock's, per round (the lists are in round order), median over rounds."""
+    return statistics.median(stock_s / case_s for stock_s, case_s in zip(stock_seconds, case_seconds))
+
+
 def _prompts(count: int, vocab: int, seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(16, 257, (count,), generator=g)  # mixed lengths, 16 to 256 tokens
@@ -129,8 +134,8 @@ def serving_rows(args, build_models) -> list[str]:
                 lines.append(f"| {count} | {name}, continuous batching | refused: {refused[name][:80]}... | – |")
                 continue
             median = statistics.median(seconds[name])
-            paired = statistics.median(stock_s / case_s for stock_s, case_s in zip(seconds["stock causal"], seconds[name]))
-            lines.append(f"| {count} | {name}, continuous batching | {total / median:.1f} | {paired:.2f} |")
+            lines.append(f"| {count} | {name}, continuous batching | {total / median:.1f} | "
+                         f"{paired_ratio(seconds['stock causal'], seconds[name]):.2f} |")
         custom.set_mask_strategy("causal")
         one_by_one = _one_by_one_seconds(custom, prompts, new_tokens)
         lines.append(f"| {count} | plugin causal, one-by-one generate() (ratio to stock's median) | {total / one_by_one:.1f} | "

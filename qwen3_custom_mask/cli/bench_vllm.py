@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .bench_serving import CPU_SHAPE, _batch_seconds, _prompts
+from .bench_serving import CPU_SHAPE, _batch_seconds, _prompts, paired_ratio
 
 logger = logging.getLogger(__name__)
 WINDOW = {"name": "sliding_window", "window": 64}
@@ -107,7 +107,7 @@ def vllm_rows(args, build_models) -> list[str]:
             lines.append(f"| {name} on vLLM | did not start: {errors[name][:100]} | – |")
             continue
         median = statistics.median(seconds[name])
-        paired = statistics.median(stock_s / case_s for stock_s, case_s in zip(seconds["stock causal"], seconds[name]))
+        paired = paired_ratio(seconds["stock causal"], seconds[name])
         lines.append(f"| {name} on vLLM | {total / median:.1f} | {paired:.2f} |")
         logger.info("bench vllm: %s %.1f tokens/s (%.2fx stock)", name, total / median, paired)
     budget = 256 if device.type == "cpu" else 2048

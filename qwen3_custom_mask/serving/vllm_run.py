@@ -20,24 +20,37 @@ import sys
 import time
 
 
-def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict, repeats: int = 1) -> dict:
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+def _start(run: dict, engine: dict):
+    """The run's engine, or ``{"error": line}`` when it refuses: a refusal surfaces as the engine's start-up failure."""
+    from vllm import LLM
 
-    task = run.get("task", "generate")
     kwargs = {**engine, **run.get("engine", {})}
-    if task == "embed":
+    if run.get("task") == "embed":
         kwargs["runner"] = "pooling"
     try:
-        llm = LLM(run["model"], **kwargs)
-    except Exception as err:  # a refusal surfaces as the engine's start-up failure; keep its own line
+        return LLM(run["model"], **kwargs)
+    except Exception as err:  # keep the refusal's own line
         return {"error": _refusal_line(err)}
-    inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+
+
+def _greedy(prompts: list[list[int]], max_tokens: int):
+    """The prompts as vLLM inputs, and greedy sampling of exactly ``max_tokens`` each."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, detokenize=False)
+    return [TokensPrompt(prompt_token_ids=p) for p in prompts], params
+
+
+def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict, repeats: int = 1) -> dict:
+    llm = _start(run, engine)
+    if isinstance(llm, dict):
+        return llm
+    inputs, params = _greedy(prompts, max_tokens)
     seconds = []
     for _ in range(repeats + (repeats > 1)):
         start = time.perf_counter()
-        if task == "embed":
+        if run.get("task") == "embed":
             outputs = llm.embed(inputs, use_tqdm=False)
             result = {"embeddings": [o.outputs.embedding for o in outputs]}
         else:
@@ -53,20 +66,16 @@ def run_one(prompts: list[list[int]], max_tokens: int, run: dict, engine: dict, 
 def run_interleaved(prompts: list[list[int]], max_tokens: int, runs: list[dict], engine: dict, repeats: int) -> list[dict]:
     """Every run's engine at once; ``repeats`` (>= 1) rounds of one timed pass each, in a rotated order (generate
     only). ``tokens`` are the last round's."""
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, detokenize=False)
-    engines, results = {}, [{} for _ in runs]
+    inputs, params = _greedy(prompts, max_tokens)
+    engines, results = {}, []
     for idx, run in enumerate(runs):
-        try:
-            engines[idx] = LLM(run["model"], **{**engine, **run.get("engine", {})})
-        except Exception as err:  # a refusal: this run's error, the others go on
-            results[idx] = {"error": _refusal_line(err)}
+        llm = _start(run, engine)
+        if isinstance(llm, dict):  # a refusal: this run's error, the others go on
+            results.append(llm)
             continue
-        engines[idx].generate(inputs, params, use_tqdm=False)  # the warm-up pass
-        results[idx] = {"seconds": []}
+        llm.generate(inputs, params, use_tqdm=False)  # the warm-up pass
+        engines[idx] = llm
+        results.append({"seconds": []})
     order = list(engines)
     for round_ in range(repeats):
         shift = round_ % max(len(order), 1)
